@@ -1,0 +1,119 @@
+"""The lazy optimizer update: dropped neurons and connections do not move, through any optimizer."""
+
+import pytest
+import torch
+from torch import nn
+
+from asymviz.errors import ConfigError
+from asymviz.model import MLP
+from asymviz.optim import AsymmetricOptimizer
+
+
+def two_steps(name, strategy, update="lazy", granularity="batch"):
+    """Two optimizer steps on a small MLP; returns (layer, weights after step 1, after step 2)."""
+    torch.manual_seed(0)
+    model = MLP(6, [20], 3, strategy=strategy, sparsity=0.8, conn_sparsity=0.5, granularity=granularity)
+    opt = AsymmetricOptimizer(model, name, lr=0.1, update=update)
+    layer = model.linears[0]
+    snapshots = []
+    for step in range(2):
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        snapshots.append((layer.weight.detach().clone(), layer.bias.detach().clone()))
+    return layer, snapshots
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("strategy", ["neuron", "excessive", "refined"])
+@pytest.mark.parametrize("granularity", ["batch", "example"])
+def test_dropped_entries_are_bit_for_bit_unchanged(name, strategy, granularity):
+    layer, [(w1, b1), (w2, b2)] = two_steps(name, strategy, granularity=granularity)
+    sup = layer.state.weight_support  # the second step's support
+    touched = torch.zeros_like(w1, dtype=torch.bool)
+    if sup.cols is not None:
+        touched[sup.rows.unsqueeze(1), sup.cols.unsqueeze(0)] = True
+    elif sup.mask is not None:
+        touched[sup.rows] = sup.mask
+    else:
+        touched[sup.rows] = True
+    assert torch.equal(w2[~touched], w1[~touched])  # momentum/Adam state did not move them
+    rows = torch.zeros(len(b1), dtype=torch.bool)
+    rows[layer.state.bias_support.rows] = True
+    assert torch.equal(b2[~rows], b1[~rows])
+    assert not torch.equal(w2[touched], w1[touched])  # and the kept entries did learn
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_dense_update_moves_dropped_rows(name):
+    """The `dense` option is PyTorch's optimizer: momentum keeps moving dropped rows."""
+    layer, [(w1, _), (w2, _)] = two_steps(name, "neuron", update="dense")
+    dropped = torch.ones(w1.shape[0], dtype=torch.bool)
+    dropped[layer.state.weight_support.rows] = False
+    assert not torch.equal(w2[dropped], w1[dropped])
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_lazy_update_matches_float64_reference(name):
+    """Per entry that received gradient: the textbook update with that entry's own state."""
+    torch.manual_seed(1)
+    model = MLP(5, [12], 3, strategy="excessive", sparsity=0.5, conn_sparsity=0.5)
+    layer = model.linears[0]
+    lr, mu, (b1, b2), eps = 0.05, 0.9, (0.9, 0.999), 1e-8
+    opt = AsymmetricOptimizer(model, name, lr=lr, momentum=mu)
+    w = layer.weight.detach().double().clone()
+    m, v, buf, t = (torch.zeros_like(w) for _ in range(4))
+    for _ in range(4):
+        x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        g = layer.weight.grad.double()
+        sup = layer.state.weight_support
+        touched = torch.zeros_like(w, dtype=torch.bool)
+        touched[sup.rows] = sup.mask
+        opt.step()
+        if name == "sgd":
+            new = w - lr * g
+        elif name == "momentum":
+            buf = torch.where(touched, mu * buf + g, buf)
+            new = w - lr * buf
+        else:
+            t = torch.where(touched, t + 1, t)
+            m = torch.where(touched, b1 * m + (1 - b1) * g, m)
+            v = torch.where(touched, b2 * v + (1 - b2) * g * g, v)
+            tt = t.clamp(min=1)
+            new = w - lr * (m / (1 - b1**tt)) / ((v / (1 - b2**tt)).sqrt() + eps)
+        w = torch.where(touched, new, w)
+        torch.testing.assert_close(layer.weight.detach().double(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_bias_correction_uses_each_entrys_own_step_count():
+    """A neuron kept for the first time at step 2 takes Adam's first step: lr * sign(g)."""
+    torch.manual_seed(0)
+    model = MLP(4, [10], 2, strategy="neuron", sparsity=0.9)
+    opt = AsymmetricOptimizer(model, "adam", lr=0.01)
+    layer = model.linears[0]
+    kept_before = set()
+    for _ in range(6):
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+        before = layer.weight.detach().clone()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grad = layer.weight.grad.clone()
+        opt.step()
+        (row,) = layer.state.weight_support.rows.tolist()
+        if row not in kept_before:
+            step = before[row] - layer.weight.detach()[row]
+            torch.testing.assert_close(step, 0.01 * grad[row].sign(), rtol=1e-4, atol=1e-6)
+            kept_before.add(row)
+    assert kept_before
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "rmsprop"}, "Unknown optimizer 'rmsprop'; choose one of: sgd, momentum, adam"),
+    ({"update": "eager"}, "Unknown optimizer update 'eager'; choose one of: lazy, dense"),
+])
+def test_bad_optimizer_names(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        AsymmetricOptimizer(MLP(2, [3], 2), **kwargs)
