@@ -168,6 +168,53 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+
+def _csv_list(text: str, cast, flag: str) -> list:
+    try:
+        return [cast(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise CliError(f"{flag} must be a comma-separated list of numbers, got {text!r}.") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Dense vs sparse backward and step timings (asymviz.bench), as a table or JSON."""
+    import torch
+
+    from asymviz.bench import backward_table, format_table
+    from asymviz.model import parse_architecture
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    if args.width is not None or args.depth is not None:
+        if args.hidden is not None:
+            raise CliError("give either --hidden or --width/--depth, not both.")
+        widths = parse_architecture([args.width or 2048] * (args.depth if args.depth is not None else 2))
+    else:
+        widths = parse_architecture(args.hidden or "2048,2048")
+    batches = _csv_list(args.batch, int, "--batch")
+    sparsities = _csv_list(args.sparsity, float, "--sparsity")
+    strategies = [s for s in args.strategy.replace(" ", "").split(",") if s]
+    rows = []
+    for strategy in strategies:
+        for batch in batches:
+            part = backward_table(widths, batch=batch, sparsities=sparsities, strategy=strategy,
+                                  conn_sparsity=args.conn_sparsity, granularity=args.granularity,
+                                  n_in=args.n_in, n_out=args.n_out, optimizer=args.optimizer,
+                                  device=args.device, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+            rows += part
+            if not args.json:
+                print(f"{args.n_in}-{'-'.join(map(str, widths))}-{args.n_out}, batch {batch}, {args.granularity}, "
+                      f"{args.optimizer}, {part[0]['device']}, {torch.get_num_threads()} threads, "
+                      f"median of {args.repeats}", flush=True)
+                print(format_table(part) + "\n", flush=True)
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list the datasets")
     p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("bench", help="time the dense vs the sparse backward and training step")
+    p.add_argument("--hidden", help="hidden widths, e.g. 2048,2048 (default)")
+    p.add_argument("--width", type=int, help="every hidden layer's width (with --depth)")
+    p.add_argument("--depth", type=int, help="number of hidden layers (with --width)")
+    p.add_argument("--n-in", type=int, default=784, help="input features (default 784)")
+    p.add_argument("--n-out", type=int, default=10, help="output classes (default 10)")
+    p.add_argument("--batch", default="128", help="batch size(s), comma-separated (default 128)")
+    p.add_argument("--strategy", default="neuron", help="strategy name(s), comma-separated (default neuron)")
+    p.add_argument("--sparsity", default="0,0.5,0.9,0.95", help="neuron sparsities, comma-separated")
+    p.add_argument("--conn-sparsity", type=float, default=0.0, help="connection sparsity (excessive, refined)")
+    p.add_argument("--granularity", default="batch", help="batch | example")
+    p.add_argument("--optimizer", default="adam", help="sgd | momentum | adam")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median; default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (the reference benchmark uses 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print all rows as one JSON list")
+    p.set_defaults(func=cmd_bench)
+
     return parser
 
 
