@@ -1,0 +1,43 @@
+"""Shared fixtures: a throwaway ASYMVIZ_HOME, and AppTest of a dashboard page."""
+
+import pathlib
+import shutil
+import tempfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(monkeypatch):
+    """A fresh store location; the dashboard's runner starts no worker processes (runs stay
+    queued unless a test trains them itself). Made with tempfile rather than tmp_path: a
+    concurrent pytest session may prune older basetemp folders while this one runs."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="asymviz-test-"))
+    monkeypatch.setenv("ASYMVIZ_HOME", str(path))
+    monkeypatch.setenv("ASYMVIZ_WORKERS", "0")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def page(home):
+    """page("pages/1_Train.py", query_params={...}, state={...}) -> an AppTest that has run
+    that page of the app (entered through app.py, as a browser would)."""
+    from streamlit.testing.v1 import AppTest
+
+    def open_page(path: str = "app.py", query_params: dict | None = None, state: dict | None = None):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+        for key, value in (state or {}).items():
+            at.session_state[key] = value
+        at.run()
+        if path != "app.py":
+            at.switch_page(path)
+            at.query_params.clear()
+            at.query_params.update(query_params or {})
+            at.run()
+        assert not at.exception, at.exception
+        return at
+
+    return open_page
