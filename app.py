@@ -73,8 +73,4 @@ def main() -> None:
                    "operator underneath is general. Related published work: meProp (Sun et al., ICML 2017).")
 
 
-# The job runner starts its workers with multiprocessing's "spawn", which re-runs the parent's
-# main script in each new process under the name __mp_main__; under `streamlit run` that is
-# this file. A worker has nothing to draw, so only `streamlit run` (as __main__) shows the page.
-if __name__ != "__mp_main__":
-    main()
+main()

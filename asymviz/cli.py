@@ -10,6 +10,7 @@ traceback); set ASYMVIZ_DEBUG=1 to see tracebacks of unexpected errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -196,6 +197,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         widths = parse_architecture(args.hidden or "2048,2048")
     batches = _csv_list(args.batch, int, "--batch")
     sparsities = _csv_list(args.sparsity, float, "--sparsity")
+    if args.nn_linear:
+        from asymviz.bench import symmetric_overhead
+
+        results = [symmetric_overhead(widths, batch=b, n_in=args.n_in, n_out=args.n_out, optimizer=args.optimizer,
+                                      device=args.device, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+                   for b in batches]
+        if args.json:
+            print(json.dumps(results))
+        for r in results if not args.json else []:
+            print(f"symmetric AsymmetricLinear vs nn.Linear, {args.n_in}-{'-'.join(map(str, widths))}-{args.n_out}, "
+                  f"batch {r['batch']}: backward {r['asym_backward_ms']:.2f} vs {r['nn_backward_ms']:.2f} ms "
+                  f"({r['backward_overhead']:+.1%}), step {r['asym_step_ms']:.2f} vs {r['nn_step_ms']:.2f} ms "
+                  f"({r['step_overhead']:+.1%})")
+        return 0
     strategies = [s for s in args.strategy.replace(" ", "").split(",") if s]
     rows = []
     for strategy in strategies:
@@ -203,16 +218,431 @@ def cmd_bench(args: argparse.Namespace) -> int:
             part = backward_table(widths, batch=batch, sparsities=sparsities, strategy=strategy,
                                   conn_sparsity=args.conn_sparsity, granularity=args.granularity,
                                   n_in=args.n_in, n_out=args.n_out, optimizer=args.optimizer,
-                                  device=args.device, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+                                  device=args.device, repeats=args.repeats, warmup=args.warmup, seed=args.seed,
+                                  path=args.path, clock=args.clock)
             rows += part
             if not args.json:
                 print(f"{args.n_in}-{'-'.join(map(str, widths))}-{args.n_out}, batch {batch}, {args.granularity}, "
                       f"{args.optimizer}, {part[0]['device']}, {torch.get_num_threads()} threads, "
-                      f"median of {args.repeats}", flush=True)
+                      f"median of {args.repeats}, {args.clock} clock", flush=True)
                 print(format_table(part) + "\n", flush=True)
     if args.json:
         print(json.dumps(rows))
     return 0
+
+
+# ----------------------------------------------------------------------------- background runs
+
+def _add_store_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH", help="the run store file (default $ASYMVIZ_HOME/asymviz.db)")
+
+
+def _open_store(args: argparse.Namespace):
+    from asymviz.store import Store
+
+    return Store(args.store)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Queue a run for the worker pool; print its id."""
+    from asymviz.jobs import Runner
+
+    config = config_from_args(args)
+    run_id = Runner(args.store).submit(config, owner=args.owner, tag=args.tag)
+    print(run_id)
+    print(f"queued run {run_id}; a worker pool (`python -m asymviz worker`, or the dashboard's) "
+          f"trains it; see `python -m asymviz runs show {run_id}`.", file=sys.stderr)
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _report_runs(store, seen: dict[int, str]) -> None:
+    """Print a line for each run that started or ended since the last call (worker log)."""
+    running = {run["id"]: run for run in store.list_runs(status="running")}
+    for run_id in sorted(set(seen) | set(running)):
+        run = running.get(run_id)
+        if run is None:
+            from asymviz.store import RunNotFound
+            try:
+                run = store.get_run(run_id)
+            except RunNotFound:
+                seen.pop(run_id)
+                continue
+        if seen.get(run_id) != run["status"]:
+            config = run["config"]
+            detail = f"{config.get('dataset')}, {config.get('strategy')}, pid {run['worker_pid']}"
+            if run["status"] == "finished" and run["summary"]:
+                detail = f"test acc {_fmt(run['summary'].get('test_acc'))}"
+            elif run["error"]:
+                detail = run["error"]
+            print(f"run {run_id} {run['status']} ({detail})", file=sys.stderr, flush=True)
+        if run["status"] == "running":
+            seen[run_id] = "running"
+        else:
+            seen.pop(run_id, None)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker pool in the foreground until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from asymviz.jobs import Runner
+
+    runner = Runner(args.store, workers=args.workers)
+    if runner.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {runner.workers}.")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    seen: dict[int, str] = {}
+    try:
+        runner.start(force=True)  # even where ASYMVIZ_EXTERNAL_WORKERS=1 tells servers not to
+        print(f"asymviz worker: {runner.workers} worker process(es) on {runner.store.path}; "
+              "Ctrl-C stops.", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(1.0)
+            _report_runs(runner.store, seen)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping: running runs end interrupted ...", file=sys.stderr, flush=True)
+    finally:
+        runner.shutdown(grace=args.grace)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _report_runs(runner.store, seen)
+    print("asymviz worker: stopped.", file=sys.stderr)
+    return 0
+
+
+def _sparsity_text(config: dict) -> str:
+    if config.get("strategy") in ("symmetric", "dropout"):
+        return "-"
+    text = _fmt(config.get("sparsity"), "g")
+    return text + (f"/{config['conn_sparsity']:g}" if config.get("conn_sparsity") else "")
+
+
+def _epochs_text(run: dict) -> str:
+    total = run["config"].get("epochs")
+    done = (run["summary"] or {}).get("epochs")
+    if done is None:
+        done = int((run["progress"] or 0) * (total or 0))
+    return f"{done}/{total}"
+
+
+def _time_text(at: float | None) -> str:
+    import time
+
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        runs = store.list_runs(status=args.status, owner=args.owner, limit=args.limit)
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    if not runs:
+        print("No runs.", file=sys.stderr)
+        return 0
+    header = ("id", "status", "owner", "dataset", "strategy", "sparsity", "epochs", "test acc", "created")
+    rows = [(str(r["id"]), r["status"], r["owner"], str(r["config"].get("dataset")),
+             str(r["config"].get("strategy")), _sparsity_text(r["config"]), _epochs_text(r),
+             _fmt((r["summary"] or {}).get("test_acc")), _time_text(r["created_at"])) for r in runs]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        run = store.get_run(args.id)
+        epochs = store.epochs(args.id)
+        events = store.events(args.id, limit=None)[::-1]
+    last_epoch = epochs[-1] if epochs else None
+    if args.json:
+        print(json.dumps({"run": run, "last_epoch": last_epoch, "events": events}))
+        return 0
+    print(f"run {run['id']}  {run['status']}  owner {run['owner']}  tag {run['tag'] or '-'}  "
+          f"progress {100 * (run['progress'] or 0):.0f} %")
+    print(f"created {_time_text(run['created_at'])}  started {_time_text(run['started_at'])}  "
+          f"ended {_time_text(run['finished_at'])}")
+    if run["error"]:
+        print(f"error: {run['error']}")
+    sections = [("config", run["config"]),
+                ("summary", {k: v for k, v in (run["summary"] or {}).items() if k != "config"}),
+                ("last epoch", last_epoch or {})]
+    for title, values in sections:
+        print(f"{title}:")
+        for key, value in values.items():
+            shown = _fmt(value, ".4g") if isinstance(value, float) else json.dumps(value)
+            print(f"  {key:<22} {shown}")
+    return 0
+
+
+def cmd_runs_stop(args: argparse.Namespace) -> int:
+    from asymviz.jobs import Runner
+
+    runner = Runner(args.store, workers=0)
+    before = runner.status(args.id)["status"]
+    runner.stop(args.id)  # the CLI acts as an administrator
+    if before in ("queued", "running"):
+        print(f"Stop requested for run {args.id} (it was {before}).")
+    else:
+        print(f"Run {args.id} is already {before}; nothing to stop.")
+    return 0
+
+
+def cmd_runs_delete(args: argparse.Namespace) -> int:
+    from asymviz.jobs import Runner
+
+    runner = Runner(args.store, workers=0)
+    if runner.status(args.id)["status"] == "running":
+        raise CliError(f"Run {args.id} is running; stop it first with "
+                       f"`python -m asymviz runs stop {args.id}`, then delete it.")
+    runner.delete(args.id)
+    print(f"Deleted run {args.id}.")
+    return 0
+
+
+def _open_out(path: str):
+    """A text file to write (or stdout for '-'); an unwritable path is one sentence."""
+    if path == "-":
+        return contextlib.nullcontext(sys.stdout)
+    try:
+        return open(path, "w", encoding="utf-8", newline="")
+    except OSError as e:
+        raise CliError(f"Cannot write {path}: {e.strerror or e}.") from None
+
+
+def _export_tensorboard(store, run_id: int, out: str) -> int:
+    """Scalars per step (`step/<metric>`) and per epoch (`epoch/<metric>`, x = its step)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise CliError("TensorBoard export needs the tensorboard package, which is not installed; "
+                       "install it with `pip install tensorboard`, or export with --format csv or json.")
+    run = store.get_run(run_id)
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise CliError(f"Cannot write TensorBoard files to {out}: {e.strerror or e}.") from None
+    from torch.utils.tensorboard import SummaryWriter
+
+    count = 0
+    writer = SummaryWriter(log_dir=out)
+    try:
+        writer.add_text("config", "    " + json.dumps(run["config"], indent=1).replace("\n", "\n    "))
+        for kind, records, x in (("step", store.steps(run_id), "step"), ("epoch", store.epochs(run_id), "epoch")):
+            for record in records:
+                at = record.get("step", record[x])
+                for key, value in record.items():
+                    if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        writer.add_scalar(f"{kind}/{key}", value, global_step=at)
+                        count += 1
+    finally:
+        writer.close()
+    return count
+
+
+def cmd_runs_export(args: argparse.Namespace) -> int:
+    import csv
+
+    with _open_store(args) as store:
+        store.get_run(args.id)  # an unknown id before anything is written
+        if args.format == "tensorboard":
+            count = _export_tensorboard(store, args.id, args.out)
+            print(f"Wrote {count} scalars of run {args.id} to {args.out}; view them with "
+                  f"`tensorboard --logdir {args.out}`.", file=sys.stderr)
+            return 0
+        if args.format == "csv":
+            fieldnames, rows = store.to_csv_rows(args.id)
+            with _open_out(args.out) as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            export = store.export_run(args.id)
+            with _open_out(args.out) as f:
+                json.dump(export, f)
+                f.write("\n")
+    if args.out != "-":
+        print(f"Wrote run {args.id} as {args.format} to {args.out}.", file=sys.stderr)
+    return 0
+
+
+def _add_run_commands(sub) -> None:
+    """`submit`, `worker` and `runs ...`: the background runner (asymviz.jobs) from the shell."""
+    p = sub.add_parser("submit", help="queue a run for the worker pool and print its id")
+    add_train_flags(p)
+    p.add_argument("--owner", default="cli", help="who the run belongs to (default cli)")
+    p.add_argument("--tag", help="a free-form group name, e.g. an experiment id")
+    _add_store_flag(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("worker", help="run a worker pool in the foreground until Ctrl-C")
+    p.add_argument("--workers", type=int, help="worker processes (default $ASYMVIZ_WORKERS or one per core)")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds running runs get to stop at shutdown before their workers are killed")
+    _add_store_flag(p)
+    p.set_defaults(func=cmd_worker)
+
+    runs = sub.add_parser("runs", help="list, show, stop, delete and export stored runs")
+    verbs = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
+    verbs.required = True
+    p = verbs.add_parser("list", help="the runs, newest first")
+    p.add_argument("--status", help="only runs in this status")
+    p.add_argument("--owner", help="only runs of this owner")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="print one JSON list of run records")
+    p.set_defaults(func=cmd_runs_list)
+    p = verbs.add_parser("show", help="one run's config, summary and last epoch")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_runs_show)
+    p = verbs.add_parser("stop", help="ask a queued or running run to stop")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_runs_stop)
+    p = verbs.add_parser("delete", help="delete a run and its metrics")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_runs_delete)
+    p = verbs.add_parser("export", help="write a run's metrics as CSV, JSON or TensorBoard events")
+    p.add_argument("id", type=int)
+    p.add_argument("--format", required=True, choices=("csv", "json", "tensorboard"))
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="file to write ('-' for stdout); a directory for tensorboard")
+    p.set_defaults(func=cmd_runs_export)
+    for p in verbs.choices.values():
+        _add_store_flag(p)
+
+
+# ----------------------------------------------------------------------------- experiment
+
+def _experiment_spec(args: argparse.Namespace):
+    """The validated ExperimentSpec of a preset (or the defaults) overridden by flags."""
+    from asymviz import experiment as ex
+
+    base = (ex.preset(args.preset) if args.preset else ex.ExperimentSpec()).to_dict()
+    for name in ("datasets", "hidden", "strategies", "sparsities", "conn_sparsity", "dropouts", "seeds", "budget",
+                 "epochs", "max_epochs", "patience", "optimizer", "lr", "batch_size", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            base[name] = value
+    return ex.ExperimentSpec.from_dict(base).validated()
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run (or resume) the thesis experiment with a worker pool, then write its report."""
+    import signal
+    import time
+
+    from asymviz import experiment as ex
+    from asymviz.jobs import Limits, Runner
+    from asymviz.ui import format_duration
+
+    spec = _experiment_spec(args)
+    external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
+    limits = Limits.from_env()
+    runner = Runner(args.store, workers=0 if external or args.report_only else args.workers, limits=limits)
+    if not (external or args.report_only) and runner.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {runner.workers}.")
+    if limits.max_runs_per_owner:  # a private pool: let the experiment keep every worker busy
+        limits.max_runs_per_owner = max(limits.max_runs_per_owner, 4 * max(1, runner.workers))
+    exp_id = ex.experiment_id(spec)
+    out = args.out or os.path.join("artifacts", "experiments", exp_id)
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.report_only:
+        say(f"{exp_id}: {spec.describe()}")
+        ex.prepare_data(spec)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            ex.launch(spec, runner, owner=args.owner)
+            if not ex.progress(runner.store, exp_id)["complete"]:
+                runner.start()  # no pool for a finished experiment
+            say(f"{exp_id}: {'external workers' if external else f'{runner.workers} worker process(es)'} on "
+                f"{runner.store.path}; Ctrl-C stops, and the same command resumes.")
+            last_line, last_done = 0.0, -1
+            while True:
+                ex.feed(runner, exp_id)
+                p = ex.progress(runner.store, exp_id)
+                now = time.monotonic()
+                if p["complete"] or (p["done"] != last_done and now - last_line >= 2) or now - last_line >= 15:
+                    eta = "" if p["complete"] else f", about {format_duration(p['eta_s'])} left"
+                    say(f"{exp_id}: {p['done']}/{p['total']} cells done, {p['running']} running, "
+                        f"{p['queued'] + p['pending']} waiting, {p['failed']} failed; "
+                        f"{format_duration(p['elapsed_s'])} elapsed{eta}")
+                    last_line, last_done = now, p["done"]
+                if p["complete"]:
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            say(f"{exp_id}: stopping ...")
+            ex.stop(runner, exp_id)
+            runner.shutdown(grace=5.0)
+            p = ex.progress(runner.store, exp_id)
+            say(f"{exp_id}: interrupted with {p['done']} of {p['total']} cells done; they stay in the store, "
+                "so the same command resumes.")
+            return 130
+        finally:
+            runner.shutdown(grace=5.0)
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    paths = ex.write_report(runner.store, exp_id, out, notes=args.note)
+    d = ex.report_data(runner.store, exp_id)
+    if args.json:
+        print(json.dumps({**ex.report_json(d, exp_id), "paths": paths}))
+    else:
+        print(ex.markdown_table(d["shown"]["verdicts"]))
+        print(f"\nReport: {paths['report.md']}, {paths['report.html']} (CSV tables beside them).")
+    p = d["progress"]
+    if p["stopped"] or not p["complete"]:
+        say(f"{exp_id}: the report covers {p['done']} of {p['total']} cells; run without --report-only to "
+            "finish the experiment.")
+        return 1
+    if p["failed"]:
+        say(f"{exp_id}: {p['failed']} cell(s) failed (see the error column of runs.csv); run the same command "
+            "again to retry them.")
+        return 1
+    return 0
+
+
+def _add_experiment_command(sub) -> None:
+    p = sub.add_parser("experiment", help="test the thesis: every strategy against dropout over seeds, with a report",
+                       description="Run a grid of runs (dataset x budget x strategy x sparsity x seed) with a "
+                                   "worker pool, resume it after an interruption, and write a report with means, "
+                                   "95 % intervals, paired tests against dropout and a verdict per claim.")
+    p.add_argument("--preset", help="quick (digits and mnist1d, 3 seeds, about 10 min on 2 cores) | thesis (hours)")
+    p.add_argument("--datasets", help="comma-separated dataset names, e.g. digits,mnist1d")
+    p.add_argument("--hidden", help="hidden widths, e.g. 256,256")
+    p.add_argument("--strategies", help="comma-separated: symmetric,dropout,neuron,excessive,refined,random")
+    p.add_argument("--sparsities", help="comma-separated neuron sparsities, e.g. 0.5,0.8,0.9,0.95")
+    p.add_argument("--conn-sparsity", type=float, help="connection sparsity of excessive and refined (default 0.5)")
+    p.add_argument("--dropouts", help="comma-separated dropout probabilities of the baseline, e.g. 0.2,0.5")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 5; the quick preset 3)")
+    p.add_argument("--epochs", type=int, help="epochs of the equal budget")
+    p.add_argument("--max-epochs", type=int, help="most epochs of the converge budget")
+    p.add_argument("--patience", type=int, help="early-stopping patience of the converge budget, in epochs")
+    p.add_argument("--budget", help="equal | converge | both")
+    p.add_argument("--optimizer", help="sgd | momentum | adam")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, help="worker processes (default $ASYMVIZ_WORKERS or one per core); "
+                                               "ASYMVIZ_EXTERNAL_WORKERS=1 uses a `python -m asymviz worker` pool")
+    p.add_argument("--owner", default="cli", help="who the runs belong to (default cli)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default artifacts/experiments/<experiment id>)")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT", help="a line for the report (repeatable)")
+    p.add_argument("--report-only", action="store_true", help="write the report of what the store holds; run nothing")
+    p.add_argument("--json", action="store_true", help="print the summary, paired tests and verdicts as one JSON object")
+    _add_store_flag(p)
+    p.set_defaults(func=cmd_experiment)
 
 
 # ----------------------------------------------------------------------------- main
@@ -240,14 +670,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", default="0,0.5,0.9,0.95", help="neuron sparsities, comma-separated")
     p.add_argument("--conn-sparsity", type=float, default=0.0, help="connection sparsity (excessive, refined)")
     p.add_argument("--granularity", default="batch", help="batch | example")
+    p.add_argument("--path", default="auto",
+                   help="auto (the fallback rule) | compact | dense: force one backward kernel for every hidden layer")
     p.add_argument("--optimizer", default="adam", help="sgd | momentum | adam")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median; default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--threads", type=int, help="torch CPU threads (the reference benchmark uses 2)")
+    p.add_argument("--clock", default="wall",
+                   help="wall (default) | cpu: process CPU time, steadier on a busy machine (use with --threads 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nn-linear", action="store_true",
+                   help="instead: time the symmetric AsymmetricLinear network against plain nn.Linear")
     p.add_argument("--json", action="store_true", help="print all rows as one JSON list")
     p.set_defaults(func=cmd_bench)
+    _add_run_commands(sub)
+    _add_experiment_command(sub)
 
     return parser
 

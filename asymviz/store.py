@@ -14,7 +14,8 @@ in WAL mode, so one writer and many readers (other processes included) work at o
 
 Tables (see MIGRATIONS): `runs` (one row per run; `config` and `summary` are JSON text),
 `steps` and `epochs` (one flat metric dict per row, JSON), `masks` (the kept neuron indices
-per layer per step, packed into a BLOB; optional connection-mask snapshot), `events` (a log).
+per layer per step, packed into a BLOB; optional connection-mask snapshot), `events` (a log),
+`artifacts` (other JSON records of a run by kind, e.g. a decision-boundary grid per epoch).
 Queries return dicts. Every write is one `BEGIN IMMEDIATE` transaction; a write that finds the
 file locked waits (`busy_timeout`) and then retries with backoff, so "database is locked" does
 not reach callers (after about a minute of contention it becomes a `StoreError`).
@@ -116,6 +117,17 @@ MIGRATIONS = [
         message TEXT NOT NULL
     );
     CREATE INDEX events_by_run ON events (run_id, id);
+    """,
+    """
+    CREATE TABLE artifacts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        step INTEGER,
+        epoch INTEGER,
+        kind TEXT NOT NULL,                     -- e.g. "decision_grid" (see asymviz.jobs)
+        data TEXT NOT NULL                      -- JSON
+    );
+    CREATE INDEX artifacts_by_run ON artifacts (run_id, kind, id);
     """,
 ]
 
@@ -569,6 +581,32 @@ class Store:
                 n_records += 1
         return counts, n_records
 
+    # -- artifacts ----------------------------------------------------------------------
+
+    def add_artifact(self, run_id: int, kind: str, data: Any, step: int | None = None,
+                     epoch: int | None = None) -> int:
+        """Store one JSON-able record of a run under `kind` (e.g. a decision grid); its id."""
+        try:
+            with self._transaction() as db:
+                return db.execute("INSERT INTO artifacts (run_id, step, epoch, kind, data) "
+                                  "VALUES (?, ?, ?, ?, ?)",
+                                  (run_id, step, epoch, kind, _dumps(data))).lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise RunNotFound(run_id) from exc
+
+    def artifacts(self, run_id: int, kind: str | None, last_only: bool = False) -> list[dict]:
+        """The run's artifacts of `kind` (None: every kind) oldest first, as dicts
+        {id, step, epoch, kind, data (decoded)}; last_only: only the newest (a list of <= 1)."""
+        sql, params = "SELECT id, step, epoch, kind, data FROM artifacts WHERE run_id = ?", [run_id]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        sql += " ORDER BY id DESC LIMIT 1" if last_only else " ORDER BY id"
+        rows = self._query(sql, params)
+        for row in rows:
+            row["data"] = json.loads(row["data"])
+        return rows
+
     # -- events -------------------------------------------------------------------------
 
     def add_event(self, run_id: int | None, kind: str, message: str) -> int:
@@ -615,8 +653,8 @@ class Store:
 
 
 class MetricWriter:
-    """Buffers a run's step / epoch / mask records and writes them in one transaction per
-    flush (executemany), so recording costs little against training.
+    """Buffers a run's step / epoch / mask / artifact records and writes them in one
+    transaction per flush (executemany), so recording costs little against training.
 
     A flush happens when flush_every records are buffered, when an add comes flush_seconds
     after the last flush (a live view then sees points about every second), on flush(),
@@ -630,6 +668,7 @@ class MetricWriter:
         self._steps: list[tuple] = []
         self._epochs: list[tuple] = []
         self._masks: list[tuple] = []
+        self._artifacts: list[tuple] = []
         self._progress: float | None = None
         self._next_step = 0
         self._next_epoch = 0
@@ -661,12 +700,18 @@ class MetricWriter:
                             _encode_kept(kept_indices, int(n)), conn))
         self._maybe_flush()
 
+    def add_artifact(self, kind: str, data: Any, step: int | None = None,
+                     epoch: int | None = None) -> None:
+        """A JSON-able record of `kind` (see Store.add_artifact), written with the next flush."""
+        self._artifacts.append((self.run_id, step, epoch, kind, _dumps(data)))
+        self._maybe_flush()
+
     def set_progress(self, progress: float) -> None:
         """Progress 0..1, written with the next flush."""
         self._progress = float(progress)
 
     def _maybe_flush(self) -> None:
-        buffered = len(self._steps) + len(self._epochs) + len(self._masks)
+        buffered = len(self._steps) + len(self._epochs) + len(self._masks) + len(self._artifacts)
         if buffered >= self.flush_every or \
                 time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
@@ -686,9 +731,11 @@ class MetricWriter:
                                "VALUES (?, ?, ?)", self._epochs)
                 db.executemany("INSERT OR REPLACE INTO masks (run_id, step, layer, n, kept, conn)"
                                " VALUES (?, ?, ?, ?, ?, ?)", self._masks)
+                db.executemany("INSERT INTO artifacts (run_id, step, epoch, kind, data) "
+                               "VALUES (?, ?, ?, ?, ?)", self._artifacts)
         except sqlite3.IntegrityError as exc:
             raise RunNotFound(self.run_id) from exc
-        self._steps, self._epochs, self._masks = [], [], []  # only once committed
+        self._steps, self._epochs, self._masks, self._artifacts = [], [], [], []  # once committed
         self._last_flush = time.monotonic()
 
     def close(self) -> None:

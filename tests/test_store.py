@@ -55,7 +55,7 @@ def test_empty_file_gets_the_whole_schema(tmp_path):
         assert s.schema_version == len(MIGRATIONS)
     db = sqlite3.connect(tmp_path / "a.db")
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"schema_version", "runs", "steps", "epochs", "masks", "events"} <= tables
+    assert {"schema_version", "runs", "steps", "epochs", "masks", "events", "artifacts"} <= tables
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -417,6 +417,55 @@ def test_delete_run_cascades(store):
     assert store.steps(gone) == store.epochs(gone) == store.masks(gone) == store.events(gone) == []
     assert len(store.steps(keep)) == len(store.masks(keep)) == len(store.events(keep)) == 1
     assert len(store.events()) == 2
+
+
+def test_artifacts_round_trip_and_cascade(store):
+    run_id, other = make_running(store), make_running(store)
+    grid = {"resolution": 2, "x": [0.0, 1.0], "y": [0.0, 1.0], "cls": [[0, 1], [1, 1]],
+            "conf": [[0.5, 0.9], [0.75, 1.0]]}
+    first = store.add_artifact(run_id, "decision_grid", grid, step=10, epoch=1)
+    store.add_artifact(run_id, "note", {"text": "hello"})
+    store.add_artifact(run_id, "decision_grid", {**grid, "cls": [[1, 1], [1, 1]]}, step=20, epoch=2)
+    store.add_artifact(other, "decision_grid", grid, epoch=1)
+    grids = store.artifacts(run_id, "decision_grid")
+    assert [(a["step"], a["epoch"]) for a in grids] == [(10, 1), (20, 2)]
+    assert grids[0] == {"id": first, "step": 10, "epoch": 1, "kind": "decision_grid", "data": grid}
+    last = store.artifacts(run_id, "decision_grid", last_only=True)
+    assert len(last) == 1 and last[0]["data"]["cls"] == [[1, 1], [1, 1]]
+    assert [a["kind"] for a in store.artifacts(run_id, None)] == ["decision_grid", "note",
+                                                                  "decision_grid"]
+    assert store.artifacts(run_id, "nothing") == [] and store.artifacts(run_id, "x", True) == []
+    with pytest.raises(RunNotFound):
+        store.add_artifact(999, "note", {})
+    store.set_status(run_id, "finished")
+    store.delete_run(run_id)
+    assert store.artifacts(run_id, None) == [] and len(store.artifacts(other, None)) == 1
+
+
+def test_writer_buffers_artifacts(store):
+    run_id = make_running(store)
+    w = store.writer(run_id, flush_every=3, flush_seconds=3600)
+    w.add_artifact("decision_grid", {"cls": [[0]]}, step=4, epoch=1)
+    w.add_step({"step": 4})
+    assert store.artifacts(run_id, "decision_grid") == []
+    w.add_epoch({"epoch": 1})  # the third record flushes all kinds together
+    assert store.artifacts(run_id, "decision_grid")[0]["data"] == {"cls": [[0]]}
+    w.add_artifact("decision_grid", {"cls": [[1]]}, epoch=2)
+    w.close()
+    assert [a["epoch"] for a in store.artifacts(run_id, "decision_grid")] == [1, 2]
+
+
+def test_a_version_1_file_gains_the_artifacts_table(tmp_path, monkeypatch):
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+    with Store(path) as s:
+        run_id = s.create_run(CONFIG, owner="ana")
+        assert s.schema_version == 1
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    with Store(path) as s:
+        assert s.schema_version == len(MIGRATIONS) >= 2
+        s.add_artifact(run_id, "note", [1, 2])
+        assert s.get_run(run_id)["owner"] == "ana" and s.artifacts(run_id, "note")[0]["data"] == [1, 2]
 
 
 def test_export_and_csv_rows(store):
