@@ -419,6 +419,7 @@ def _worker_main(path: str, threads: int, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: _TERMINATED.set())
     torch.set_num_threads(threads)
     store = Store(path)
+    _warm_up()
 
     def interrupt() -> str | None:
         if _TERMINATED.is_set():
@@ -441,6 +442,16 @@ def _worker_main(path: str, threads: int, parent_pid: int) -> None:
         except StoreError:  # the store stayed locked even for the final status: the run's
             time.sleep(1.0)  # stale heartbeat will end it interrupted
     store.close()
+
+
+def _warm_up() -> None:
+    """Pay the one-time costs (imports, first backward, optimizer kernels) before the first run,
+    so the first run's first point reaches the dashboard as fast as the next ones."""
+    try:
+        from asymviz import data  # noqa: F401  (scikit-learn: a second or two)
+        fit(TrainConfig(dataset="xor", dataset_options={"n_samples": 64}, hidden=[8], epochs=1, batch_size=32))
+    except Exception:  # a warm-up must never keep a worker from working
+        pass
 
 
 class _WorkerProcess:
