@@ -521,6 +521,85 @@ def _add_run_commands(sub) -> None:
         _add_store_flag(p)
 
 
+# ----------------------------------------------------------------------------- serve
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The lab's one process tree: the worker pool in this process, the Streamlit server as its
+    child (told by ASYMVIZ_EXTERNAL_WORKERS=1 to start no pool of its own). SIGTERM or Ctrl-C
+    stops the server, then the pool: running runs end `interrupted`, never left `running`."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from asymviz import lab
+    from asymviz.jobs import Runner
+
+    signals: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    runner = server = None
+    seen: dict[int, str] = {}
+    try:
+        lab.offered_datasets()  # a bad ASYMVIZ_DATASETS stops here, before anything starts
+        lab.auth_mode()
+        runner = Runner(workers=args.workers)
+        runner.start(force=True)
+        lab.write_pool_status(runner)
+        print(f"asymviz serve: {runner.workers} worker process(es) on {runner.store.path}; the dashboard "
+              f"on http://{args.address}:{args.port}; SIGTERM or Ctrl-C stops both.", file=sys.stderr, flush=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+             "--server.address", args.address, "--server.headless", "true"],
+            cwd=app.parent, env={**os.environ, "ASYMVIZ_EXTERNAL_WORKERS": "1"})
+        while not signals and server.poll() is None:
+            try:
+                server.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            lab.write_pool_status(runner)  # workers the supervisor replaced get new pids
+            _report_runs(runner.store, seen)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if signals:
+            print(f"asymviz serve: {signal.Signals(signals[0]).name}: stopping the dashboard, then the "
+                  "workers (running runs end interrupted) ...", file=sys.stderr, flush=True)
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if runner is not None:
+            runner.shutdown(grace=args.grace)
+            lab.clear_pool_status()
+            _report_runs(runner.store, seen)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if not signals:
+        print(f"asymviz serve: the Streamlit server exited with code {server.returncode}; the workers "
+              "were stopped.", file=sys.stderr)
+        return server.returncode or 1
+    print("asymviz serve: stopped.", file=sys.stderr)
+    return 0
+
+
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser("serve", help="run the dashboard and its worker pool as one process tree (the lab image)",
+                       description="Start the worker pool, then `streamlit run app.py` as a child process; "
+                                   "SIGTERM or Ctrl-C stops both, and running runs end interrupted.")
+    p.add_argument("--port", type=int, default=8501, help="the dashboard's port (default 8501)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="the address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--workers", type=int, help="worker processes (default $ASYMVIZ_WORKERS or one per core)")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds running runs get to stop at shutdown before their workers are killed")
+    p.set_defaults(func=cmd_serve)
+
+
 # ----------------------------------------------------------------------------- experiment
 
 def _experiment_spec(args: argparse.Namespace):
@@ -686,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
     _add_run_commands(sub)
     _add_experiment_command(sub)
+    _add_serve_command(sub)
 
     return parser
 
