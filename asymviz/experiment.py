@@ -61,7 +61,7 @@ import pandas as pd
 from asymviz.errors import AsymvizError, ConfigError
 from asymviz.model import parse_architecture
 from asymviz.sparse import check_sparsity
-from asymviz.train import TrainConfig
+from asymviz.train import JSONConfig, TrainConfig
 
 # Strategy labels of a grid: the five strategies plus `random`, the selection ablation of `neuron`.
 LABELS = ("symmetric", "dropout", "neuron", "excessive", "refined", "random")
@@ -79,8 +79,10 @@ class ExperimentNotFound(AsymvizError):
 
 
 @dataclass
-class ExperimentSpec:
+class ExperimentSpec(JSONConfig):
     """A grid of runs; round-trips to JSON. Its hash is the experiment id."""
+
+    _noun = "experiment"
 
     datasets: list[str] = field(default_factory=lambda: ["digits", "mnist1d"])
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # hidden widths, one architecture for all
@@ -198,30 +200,6 @@ class ExperimentSpec:
                 f"(connection sparsity {self.conn_sparsity:g} for excessive and refined); dropout p "
                 f"{', '.join(f'{x:g}' for x in self.dropouts)}; {self.seeds} seeds; budgets {' and '.join(budgets)}; "
                 f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}: {self.n_cells()} cells.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExperimentSpec":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"Unknown experiment field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}.")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ExperimentSpec":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"The experiment is not valid JSON ({e.msg} at line {e.lineno}).") from None
-        if not isinstance(d, dict):
-            raise ConfigError("The experiment must be a JSON object of field: value pairs.")
-        return cls.from_dict(d)
 
 
 def _seq(value) -> list:

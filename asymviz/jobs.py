@@ -448,7 +448,7 @@ def _warm_up() -> None:
     """Pay the one-time costs (imports, first backward, optimizer kernels) before the first run,
     so the first run's first point reaches the dashboard as fast as the next ones."""
     try:
-        from asymviz import data  # noqa: F401  (scikit-learn: a second or two)
+        import asymviz.data  # noqa: F401  (scikit-learn: a second or two)
         fit(TrainConfig(dataset="xor", dataset_options={"n_samples": 64}, hidden=[8], epochs=1, batch_size=32))
     except Exception:  # a warm-up must never keep a worker from working
         pass

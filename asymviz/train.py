@@ -33,8 +33,38 @@ DEVICES = ("auto", "cpu", "cuda")
 WARMUP_STEPS = 5  # excluded from the mean step timings (first steps pay allocation costs)
 
 
+class JSONConfig:
+    """Dataclass mixin: to/from dict and JSON; unknown fields and bad JSON are ConfigErrors."""
+
+    _noun = "config"  # how error sentences name it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"Unknown {cls._noun} field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}.")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"The {cls._noun} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"The {cls._noun} must be a JSON object of field: value pairs.")
+        return cls.from_dict(d)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(JSONConfig):
     """Everything that defines a run; round-trips to JSON so any run can be repeated."""
 
     dataset: str = "digits"  # a name from asymviz.data.DATASETS, or "csv"
@@ -93,30 +123,6 @@ class TrainConfig:
         c.split_seed = _integer(c.split_seed, "split_seed", 0, 2**31 - 1)
         c.sparse_output = bool(c.sparse_output)
         return c
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"Unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}.")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"The config is not valid JSON ({e.msg} at line {e.lineno}).") from None
-        if not isinstance(d, dict):
-            raise ConfigError("The config must be a JSON object of field: value pairs.")
-        return cls.from_dict(d)
 
 
 def _number(value, name, lo, hi, left_open=False, right_open=False) -> float:

@@ -277,4 +277,4 @@ d[2].download_button("Summary (CSV)", data["tables"]["settings"].to_csv(index=Fa
 d[3].download_button("Every run (CSV)", data["runs"].to_csv(index=False), file_name=f"asymviz-{exp_id}-runs.csv",
                      mime="text/csv", key="exp_dl_runs", icon=":material/download:", on_click="ignore")
 st.caption("The HTML report is standalone (plotly embedded, works offline). The same report from the shell: "
-           f"`python -m asymviz experiment --report-only` with this grid's flags, or see RESULTS.md.")
+           "`python -m asymviz experiment --report-only` with this grid's flags, or see RESULTS.md.")

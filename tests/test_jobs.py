@@ -3,13 +3,11 @@ failed runs, and worker pools in real processes (finish, stop, hard kill, SIGKIL
 restart reconciliation, owner death)."""
 
 import json
-import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
