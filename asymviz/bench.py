@@ -9,6 +9,8 @@ autograd, the nn.Linear path) stepped by PyTorch's fused optimizer; the sparse v
 chosen strategy with the lazy update. Both start from the same weights and see the same batch.
 Dense and sparse steps alternate inside one loop (warm-up first), so drift on a shared machine
 hits both; each reported time is the median over the repeats. On CUDA every timer synchronizes.
+"backward" is `optimizer.zero_grad()` + `loss.backward()`: setting grads to None is free for the
+dense baseline, re-zeroing the rows of the persistent gradient buffer is not, so it is counted.
 
 The ideal speedup is the FLOP ratio of the backward for the whole network (matmuls only):
 
@@ -23,6 +25,7 @@ ideal says how much of that a fixed cost (top-k, indexing, autograd, launches) e
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from asymviz.errors import ConfigError
 from asymviz.model import MLP, parse_architecture
 from asymviz.optim import AsymmetricOptimizer, OPTIMIZERS
-from asymviz.sparse import check_sparsity, keep_count
+from asymviz.sparse import PATHS, check_sparsity, keep_count
 from asymviz.strategies import GRANULARITIES, check_choice, get_strategy
 
 COLUMNS = [  # (key, header, format) of the text table
@@ -61,8 +64,20 @@ def backward_flops(n_in: int, widths: list[int], n_out: int, batch: int, keep: l
     return total
 
 
-def _timer(device: torch.device):
-    """A clock that waits for the device first (CUDA kernels are asynchronous)."""
+CLOCKS = ("wall", "cpu")
+
+
+def _timer(device: torch.device, clock: str = "wall"):
+    """A clock that waits for the device first (CUDA kernels are asynchronous).
+
+    wall: elapsed time (what a user waits for); cpu: this process's CPU time, which a busy shared
+    machine inflates far less (meaningful with one thread: more threads add their spin-waits).
+    """
+    check_choice("clock", clock, CLOCKS)
+    if clock == "cpu":
+        if device.type == "cuda":
+            raise ConfigError("clock 'cpu' does not measure GPU work; use clock 'wall' with device cuda.")
+        return time.process_time
     if device.type == "cuda":
         def now() -> float:
             torch.cuda.synchronize(device)
@@ -116,19 +131,22 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
                    sparsities: list[float] = [0.0, 0.5, 0.9, 0.95], strategy: str = "neuron",
                    conn_sparsity: float = 0.0, granularity: str = "batch", n_in: int = 784,
                    n_out: int = 10, optimizer: str = "adam", device: str = "cpu", repeats: int = 20,
-                   warmup: int = 3, seed: int = 0) -> list[dict]:
+                   warmup: int = 3, seed: int = 0, path: str = "auto", clock: str = "wall") -> list[dict]:
     """Dense vs sparse timings of MLP n_in-widths-n_out, one row per sparsity (times in ms, medians).
 
     Row keys: strategy, sparsity, keep (kept neurons per hidden layer), widths, batch,
     dense_backward_ms, sparse_backward_ms, backward_speedup, ideal (backward FLOP ratio),
     efficiency (speedup / ideal), dense_step_ms, sparse_step_ms, step_speedup (forward +
     backward + optimizer), forward_ms (the sparse model's forward), path (how the sparse
-    backward ran: "compact", "dense-fallback", "masked" (example granularity) or "autograd").
+    backward ran: "compact", "dense-fallback" or "autograd" (nothing dropped: plain autograd)).
+    path: "auto" (the `use_compact` rule), or force "compact" / "dense" for every hidden layer.
+    clock: "wall" (default) or "cpu" (process CPU time: steadier on a busy machine, one thread).
     """
     widths, sparsities, preset, conn_sparsity = _check(widths, batch, sparsities, strategy, conn_sparsity,
                                                        granularity, optimizer, repeats, warmup)
+    check_choice("path", path, PATHS)
     dev = _resolve_device(device)
-    now = _timer(dev)
+    now = _timer(dev, clock)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, n_in, generator=gen).to(dev)
     y = torch.randint(0, n_out, (batch,), generator=gen).to(dev)
@@ -139,6 +157,8 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
         torch.manual_seed(seed)
         sparse = MLP(n_in, widths, n_out, strategy=strategy, sparsity=s, conn_sparsity=conn_sparsity,
                      granularity=granularity).to(dev)
+        for layer in sparse.linears:
+            layer.options = dataclasses.replace(layer.options, path=path)
         opt_d = AsymmetricOptimizer(dense, optimizer)
         opt_s = AsymmetricOptimizer(sparse, optimizer)
         times = {"dense": [], "sparse": []}
@@ -167,9 +187,53 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
             "dense_step_ms": med_step["dense"], "sparse_step_ms": med_step["sparse"],
             "step_speedup": med_step["dense"] / med_step["sparse"], "forward_ms": med["sparse"][0],
             "dense_forward_ms": med["dense"][0], "sparse_optimizer_ms": med["sparse"][2],
-            "dense_optimizer_ms": med["dense"][2], "path": _path(sparse),
+            "dense_optimizer_ms": med["dense"][2], "path": _path(sparse), "clock": clock,
+            "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         })
     return rows
+
+
+def symmetric_overhead(widths: list[int] = [2048, 2048], batch: int = 128, n_in: int = 784, n_out: int = 10,
+                       optimizer: str = "adam", device: str = "cpu", repeats: int = 20, warmup: int = 3,
+                       seed: int = 0, clock: str = "wall") -> dict:
+    """`symmetric` through AsymmetricLinear vs the same network of plain `nn.Linear` (ms, medians).
+
+    Both use PyTorch's fused optimizer on the same weights and batch, steps interleaved.
+    Returns {"widths", "batch", "nn_backward_ms", "asym_backward_ms", "nn_step_ms", "asym_step_ms",
+    "backward_overhead", "step_overhead"} (overhead = asym / nn - 1).
+    """
+    widths, _, _, _ = _check(widths, batch, [0.0], "symmetric", 0.0, "batch", optimizer, repeats, warmup)
+    dev = _resolve_device(device)
+    now = _timer(dev, clock)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n_in, generator=gen).to(dev)
+    y = torch.randint(0, n_out, (batch,), generator=gen).to(dev)
+    torch.manual_seed(seed)
+    asym = MLP(n_in, widths, n_out, strategy="symmetric").to(dev)
+    sizes = [n_in, *widths, n_out]
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(widths):
+            layers.append(torch.nn.ReLU())
+    plain = torch.nn.Sequential(*layers).to(dev)
+    with torch.no_grad():
+        for p_plain, p_asym in zip(plain.parameters(), asym.parameters()):
+            p_plain.copy_(p_asym)  # the same weights
+    opt_a = AsymmetricOptimizer(asym, optimizer)
+    opt_p = AsymmetricOptimizer(plain, optimizer)  # no asymmetric layer: all PyTorch's fused optimizer
+    times = {"nn": [], "asym": []}
+    for r in range(warmup + repeats):
+        order = (("nn", plain, opt_p), ("asym", asym, opt_a))
+        for name, model, opt in (order if r % 2 else order[::-1]):
+            t = _step(model, opt, x, y, now)
+            if r >= warmup:
+                times[name].append(t)
+    bwd = {k: statistics.median(t[1] for t in ts) * 1e3 for k, ts in times.items()}
+    step = {k: statistics.median(sum(t) for t in ts) * 1e3 for k, ts in times.items()}
+    return {"widths": list(widths), "batch": batch, "nn_backward_ms": bwd["nn"], "asym_backward_ms": bwd["asym"],
+            "nn_step_ms": step["nn"], "asym_step_ms": step["asym"],
+            "backward_overhead": bwd["asym"] / bwd["nn"] - 1, "step_overhead": step["asym"] / step["nn"] - 1}
 
 
 def _path(model: MLP) -> str:

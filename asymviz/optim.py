@@ -8,16 +8,25 @@ was dropped for a while resumes exactly where it stopped. `update="dense"` steps
 parameter with PyTorch's own optimizer instead.
 
 Parameters of layers whose backward is dense (the output layer, symmetric strategies) and every
-parameter under `dense` use PyTorch's own optimizer with fused kernels where available (the non-fused CPU Adam was measured to erase the sparse gain).
+parameter under `dense` use PyTorch's own optimizer with fused kernels where available (the
+non-fused CPU Adam was measured to erase the sparse gain).
+
+Speed (DESIGN.md §5): the lazy step costs what the kept rows cost. `zero_grad()` keeps each lazy
+layer's weight gradient as a persistent buffer and re-zeroes only the rows the last backward
+wrote; Adam on whole rows (`neuron`) gathers the kept rows into reused buffers, updates them in
+place with one step count per neuron (bias-correction coefficients looked up in a table) and
+scatters them back. Row x column blocks (`refined`) and masks (`excessive`) take the general path.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from asymviz.errors import ConfigError
-from asymviz.sparse import AsymmetricLinear, Support
+from asymviz.sparse import AsymmetricLinear, Support, reset_weight_grad
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 UPDATES = ("lazy", "dense")
@@ -41,13 +50,17 @@ def _torch_optimizer(params, name, lr, momentum, weight_decay, betas, eps):
 class _Block:
     """Read and write the entries of a parameter-shaped tensor named by a Support."""
 
-    def __init__(self, shape: torch.Size, support: Support | None):
+    def __init__(self, shape: torch.Size, support: Support | None, flat: torch.Tensor | None = None):
         self.rows = self.flat = self.mask = None
         if support is None:
             return
-        if support.cols is not None:  # rows x cols block of a matrix: flat indices
+        if support.cols is not None:  # rows x cols block of a matrix: flat indices (into `flat`'s storage)
             n_in = shape[1]
-            self.flat = (support.rows.unsqueeze(1) * n_in + support.cols.unsqueeze(0)).reshape(-1)
+            r, c = support.rows.unsqueeze(1) * n_in, support.cols.unsqueeze(0)
+            if flat is not None and flat.numel() >= r.numel() * c.numel():
+                self.flat = torch.add(r, c, out=flat[: r.numel() * c.numel()].view(r.numel(), c.numel())).view(-1)
+            else:
+                self.flat = (r + c).reshape(-1)
         else:
             self.rows = support.rows
             self.mask = support.mask  # (len(rows), n_in) or None
@@ -63,7 +76,7 @@ class _Block:
         if self.mask is not None:
             new = torch.where(self.mask, new, old)  # dropped connections keep their value
         if self.flat is not None:
-            t.view(-1).index_copy_(0, self.flat, new)
+            t.view(-1).scatter_(0, self.flat, new.reshape(-1))  # t[flat] = new (faster than index_copy_)
         elif self.rows is not None:
             t.index_copy_(0, self.rows, new)
         else:
@@ -71,7 +84,14 @@ class _Block:
 
 
 class AsymmetricOptimizer:
-    """SGD, SGD+momentum or Adam over a model; asymmetric layers get the lazy update."""
+    """SGD, SGD+momentum or Adam over a model; asymmetric layers get the lazy update.
+
+    zero_grad() keeps the weight gradient of each lazy layer as a persistent buffer and re-zeroes
+    only the rows the last backward wrote (`asymviz.sparse.reset_weight_grad`): after it that
+    `p.grad` is a zero tensor rather than None (unless the layer's last backward took the dense
+    fallback; every other parameter follows `set_to_none`).
+    step() skips a lazy layer that had no backward since zero_grad(), as PyTorch skips None grads.
+    """
 
     def __init__(self, model: nn.Module, name: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -90,32 +110,56 @@ class AsymmetricOptimizer:
                     if m.bias is not None:
                         self.lazy.append((m.bias, m, "bias"))
         lazy_ids = {id(p) for p, _, _ in self.lazy}
+        self._buffers = {id(p): m for p, m, kind in self.lazy if kind == "weight"}  # persistent dW
+        self._seen: dict[int, int] = {}  # layer -> its backward count at the last zero_grad
         dense = [p for p in model.parameters() if id(p) not in lazy_ids and p.requires_grad]
         self.dense = _torch_optimizer(dense, name, lr, momentum, weight_decay, betas, eps)
         self.state: dict[int, dict[str, torch.Tensor]] = {}
+        self._scratch: dict[tuple[int, str], torch.Tensor] = {}  # reused gather buffers
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # Adam's coefficients by step count
+        self._step_count = 0  # step() calls: no entry's step count exceeds it
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            if set_to_none:
+            layer = self._buffers.get(id(p))
+            if layer is not None:
+                reset_weight_grad(p, layer.state)
+                self._seen[id(layer)] = layer.state.backwards
+            elif set_to_none:
                 p.grad = None
             elif p.grad is not None:
                 p.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
+        self._step_count += 1
         if self.dense is not None:
             self.dense.step()
+        done: set[int] = set()
         for p, layer, kind in self.lazy:
-            if p.grad is None:
-                continue
+            if p.grad is None or self._seen.get(id(layer)) == layer.state.backwards or id(p) in done:
+                continue  # no gradient since zero_grad()
             support = layer.state.weight_support if kind == "weight" else layer.state.bias_support
-            self._lazy_step(p, _Block(p.shape, support))
+            rowwise = kind == "bias" or layer.options.connection is None  # supports are whole rows
+            if self.name == "adam" and kind == "weight" and rowwise and support.mask is None and support.cols is None:
+                bias = layer.bias if layer.bias is not None and layer.bias.grad is not None else None
+                self._adam_layer(p, bias, support.rows)  # weight and bias rows together
+                done.update((id(p), id(bias)))
+            else:
+                flat = None
+                if support is not None and support.cols is not None:
+                    flat = self._buffer(p, "flat", len(support.rows) * len(support.cols), torch.long)
+                self._lazy_step(p, _Block(p.shape, support, flat), rowwise)
 
-    def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _state(self, p: torch.Tensor, rowwise: bool) -> dict[str, torch.Tensor]:
         s = self.state.get(id(p))
         if s is None:
-            s = {"step": torch.zeros_like(p)}
+            # Adam's step count per entry; per row (an integer) where every support is whole rows.
+            if rowwise:
+                s = {"step": torch.zeros((p.shape[0],) + (1,) * (p.dim() - 1), dtype=torch.long, device=p.device)}
+            else:
+                s = {"step": torch.zeros(p.shape, dtype=torch.int32, device=p.device)}
             if self.name == "adam":
                 s["exp_avg"], s["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
             elif self.name == "momentum":
@@ -123,26 +167,90 @@ class AsymmetricOptimizer:
             self.state[id(p)] = s
         return s
 
-    def _lazy_step(self, p: torch.Tensor, block: _Block) -> None:
-        s = self._state(p)
+    def _lazy_step(self, p: torch.Tensor, block: _Block, rowwise: bool = False) -> None:
+        """Gather the supported entries, apply the textbook update to them, scatter them back."""
+        s = self._state(p, rowwise)
         w, g = block.get(p), block.get(p.grad)  # only the entries that received gradient
         if self.weight_decay:
             g = g.add(w, alpha=self.weight_decay)
         if self.name == "sgd":
-            new = w - self.lr * g
+            new = w.sub(g, alpha=self.lr)
         elif self.name == "momentum":
-            buf = block.get(s["momentum_buffer"]).mul_(self.momentum).add_(g)  # v <- mu v + g
-            block.put(s["momentum_buffer"], buf, block.get(s["momentum_buffer"]))
-            new = w - self.lr * buf
-        else:  # adam, bias-corrected with each entry's own step count
+            old = block.get(s["momentum_buffer"])
+            buf = old.mul(self.momentum).add_(g)  # v <- mu v + g
+            block.put(s["momentum_buffer"], buf, old)
+            new = w.sub(buf, alpha=self.lr)
+        else:  # adam, bias-corrected with each entry's (or row's) own step count
             b1, b2 = self.betas
-            t = block.get(s["step"]) + 1
+            old_t = block.get(s["step"])
+            t = old_t + 1  # integer step counts, per entry
             old_m, old_v = block.get(s["exp_avg"]), block.get(s["exp_avg_sq"])
-            m = old_m * b1 + g * (1 - b1)
-            v = old_v * b2 + g * g * (1 - b2)
-            denom = (v / (1 - b2**t)).sqrt_().add_(self.eps)
-            new = w - self.lr * (m / (1 - b1**t)) / denom
+            m = old_m.lerp(g, 1 - b1)  # b1 m + (1 - b1) g
+            v = old_v.mul(b2).addcmul_(g, g, value=1 - b2)  # b2 v + (1 - b2) g^2
+            scale, shift = (c.index_select(0, t.reshape(-1)).view_as(t) for c in self._adam_table(p))
+            denom = v.sqrt().mul_(scale).add_(shift)  # (sqrt(v_hat) + eps) / (lr / bc1)
+            new = w - torch.div(m, denom, out=denom)  # w - lr m_hat / (sqrt(v_hat) + eps)
             block.put(s["exp_avg"], m, old_m)
             block.put(s["exp_avg_sq"], v, old_v)
-            block.put(s["step"], t, t - 1)
+            block.put(s["step"], t, old_t)
         block.put(p, new, w)
+
+    def _buffer(self, p: torch.Tensor, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A flat tensor of at least numel entries, reused from step to step (fresh large CPU buffers page-fault)."""
+        key = (id(p), name)
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != p.device:
+            buf = self._scratch[key] = torch.empty(numel, dtype=dtype, device=p.device)
+        return buf
+
+    def _gather(self, p: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
+        """t[rows] (t: p or one of its p-shaped tensors) into reused storage."""
+        shape = (len(rows), *t.shape[1:])
+        numel = math.prod(shape)
+        return torch.index_select(t, 0, rows, out=self._buffer(p, name, numel, t.dtype)[:numel].view(shape))
+
+    def _adam_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor) -> None:
+        """Adam on whole rows of a layer's weight and bias (the `neuron` case), row step counts shared.
+
+        The same update as `_lazy_step`, rearranged so that every (k, n_in) pass is in place and
+        the parameter is written by one scatter-add: with per-row bc1 = 1 - b1^t, bc2 = 1 - b2^t,
+        lr m_hat / (sqrt(v_hat) + eps) = m / (sqrt(v) * bc1 / (lr sqrt(bc2)) + eps bc1 / lr),
+        the two per-row coefficients looked up by step count in a table.
+        """
+        s = self._state(weight, True)
+        t = s["step"].index_select(0, rows).add_(1)  # (k, 1)
+        s["step"].index_copy_(0, rows, t)
+        scale, shift = (c.index_select(0, t.view(-1)).view_as(t) for c in self._adam_table(weight))  # (k, 1)
+        self._adam_rows(weight, s, rows, scale, shift)
+        if bias is not None:
+            sb = self._state(bias, True)
+            sb["step"] = s["step"].view(-1)  # the bias rows are the weight rows: one count per neuron
+            self._adam_rows(bias, sb, rows, scale.view(-1), shift.view(-1))
+
+    def _adam_table(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """By step count t: scale[t] = bc1 / (lr sqrt(bc2)), shift[t] = eps bc1 / lr (grown as needed)."""
+        need = self._step_count + 1
+        key = (p.device, p.dtype, self.lr, self.betas, self.eps)  # a changed lr makes a new table
+        table = self._tables.get(key)
+        if table is None or len(table) <= need:
+            b1, b2 = self.betas
+            t = torch.arange(max(64, 2 * need), dtype=torch.float64)
+            bc1, bc2 = -torch.expm1(t * math.log(b1)), -torch.expm1(t * math.log(b2))
+            bc1[0] = bc2[0] = 1.0  # t = 0 never indexes (counts start at 1)
+            table = self._tables[key] = tuple(c.to(device=p.device, dtype=p.dtype).contiguous() for c in
+                                              (bc1 / (self.lr * bc2.sqrt()), bc1 * (self.eps / self.lr)))
+        return table
+
+    def _adam_rows(self, p: torch.Tensor, s: dict[str, torch.Tensor], rows: torch.Tensor,
+                   scale: torch.Tensor, shift: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        g = self._gather(p, p.grad, rows, "g")  # (k, n_in)   only the rows that received gradient
+        if self.weight_decay:
+            g.add_(p.index_select(0, rows), alpha=self.weight_decay)
+        m = self._gather(p, s["exp_avg"], rows, "m").lerp_(g, 1 - b1)  # b1 m + (1 - b1) g
+        v = self._gather(p, s["exp_avg_sq"], rows, "v").mul_(b2).addcmul_(g, g, value=1 - b2)  # b2 v + (1 - b2) g^2
+        s["exp_avg"].index_copy_(0, rows, m)
+        s["exp_avg_sq"].index_copy_(0, rows, v)
+        update = torch.sqrt(v, out=g).mul_(scale).add_(shift)  # g is no longer needed: reuse it
+        torch.div(m, update, out=update)  # lr m_hat / (sqrt(v_hat) + eps)
+        p.index_add_(0, rows, update, alpha=-1.0)

@@ -10,17 +10,35 @@ Dropped neurons get no update and pass no error back; dropped connections get no
 carry no error. This is deliberately *not* the true gradient (so `gradcheck` fails for keep < n).
 
 Trio in PyTorch's documented shape: `AsymmetricLinearFunction` / `asymmetric_linear` /
-`AsymmetricLinear`. In `batch` granularity only the kept rows (and, for `refined`, the kept
-columns) enter the matmuls; `example` granularity masks.
+`AsymmetricLinear`. The last backward's kept sets are observable through an opt-in recorder
+(`record=True` on the layer's `state`) and its gradient support (which rows/columns/elements
+received gradient) is kept for the lazy optimizer update in `asymviz.optim`.
 
-The last backward's kept sets are observable through an opt-in recorder (`record=True` on the
-layer's `state`) and its gradient support (which rows/columns/elements received gradient) is
-kept for the lazy optimizer update in `asymviz.optim`.
+Two ways to compute the same masked result (DESIGN.md §5), chosen per layer by `use_compact`:
+- compact: only the k kept rows of g~ (and, for `refined`, the kept columns of a) enter the
+  matmuls: g_k = g[:, kept] (B, k), dW_k = g_k^T a (k, n_in), da = g_k W[kept] (B, n_in).
+  `example` granularity compacts on the union of the neurons any example kept.
+- dense: the full matmuls on the masked g~. Used where compaction cannot win: large keep
+  fractions (the gathers cost more than the saved work) and tiny layers (overhead-bound).
+  With `example` granularity and few neurons per example, da = g~ W runs as a sparse (CSR)
+  product, since the union of kept neurons usually covers the whole layer.
+`SparseOptions.path` forces one of them (tests check that both give the same gradients).
+
+The weight gradient is handed to autograd as only its k non-zero rows (a sparse COO tensor)
+when the weight already holds a dense `.grad`: autograd then adds k rows into it in place
+instead of n_out. `AsymmetricOptimizer.zero_grad` keeps that buffer and re-zeroes only the
+rows written since (`reset_weight_grad`), so no step allocates or clears a full dW.
+`p.grad` is always the dense, correct masked gradient after `backward()`; only a tensor hook
+on the weight sees the sparse form (and `torch.autograd.grad` gets a dense one). Temporaries
+that never leave the backward (|g|, W[kept]) live in storage reused from step to step.
+Nothing here is CPU-specific: on CUDA the same kernels run, with no host synchronization in
+`batch` granularity (`example` needs one for the size of the kept union).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +47,11 @@ from torch import nn
 
 from asymviz.errors import ConfigError
 from asymviz.strategies import GRANULARITIES, SELECTIONS, check_choice, get_strategy
+
+PATHS = ("auto", "compact", "dense")
+COMPACT_MAX_FRACTION = 0.8  # compact only while kept work / full work is at most this ...
+COMPACT_MIN_SAVING = 3_000_000  # ... and it saves at least this many multiply-adds per matmul
+CSR_MAX_FRACTION = 0.15  # example granularity: da = g~ W as a sparse (CSR) product up to this keep
 
 
 def keep_count(n: int, sparsity: float) -> int:
@@ -47,6 +70,20 @@ def check_sparsity(value: float, name: str = "sparsity") -> float:
     return s
 
 
+def use_compact(batch: int, n_in: int, n_out: int, k: int, kc: int | None = None) -> bool:
+    """The fallback rule: compact when the saved matmul work pays for the extra operations.
+
+    k of n_out rows (and kc of n_in columns for `refined`) take part, a fraction f of the work
+    W = batch * n_in * n_out. Compacting costs a few gathers, a scatter of dW and ~10 more small
+    operations (tens of microseconds on 2 CPU threads, whatever the size), so it needs
+    (1 - f) W >= COMPACT_MIN_SAVING; and above f = 0.8 the copies of the kept blocks cost about
+    what they save. Measured per layer with `--path compact` vs `--path dense` (BENCHMARKS.md).
+    """
+    kc = n_in if kc is None else kc
+    f = (k * kc) / (n_out * n_in)
+    return f <= COMPACT_MAX_FRACTION and (1.0 - f) * batch * n_in * n_out >= COMPACT_MIN_SAVING
+
+
 @dataclass(frozen=True)
 class SparseOptions:
     """Backward options of one layer (plain values; saved on ctx, not as tensors)."""
@@ -56,6 +93,10 @@ class SparseOptions:
     selection: str = "topk"  # topk: largest |g| | random: same count at random (ablation)
     granularity: str = "batch"  # batch: one set per mini-batch | example: one set per example
     connection: str | None = None  # None | "weight" (excessive) | "activity" (refined)
+    path: str = "auto"  # auto: `use_compact` decides | compact | dense: same result, other kernels
+
+    def __post_init__(self) -> None:
+        check_choice("path", self.path, PATHS)
 
 
 @dataclass
@@ -112,7 +153,33 @@ class LayerState:
         self.weight_support: Support | None = None
         self.bias_support: Support | None = None
         self.kept_fraction = 1.0  # kept neurons / n_out of the last backward
+        self.path: str | None = None  # "compact" | "dense-fallback" of the last backward
+        self.backwards = 0  # backward passes so far (the optimizer skips layers without a new one)
+        # The persistent weight-gradient buffer: the `.grad` tensor known to be zero outside
+        # `_grad_rows` while its version counter is `_grad_version` (any other write: unknown).
+        self._grad: torch.Tensor | None = None
+        self._grad_version = -1
+        self._grad_rows: list[torch.Tensor] = []
+        self._scratch: dict[str, torch.Tensor] = {}  # reusable storage for internal temporaries
 
+
+def _scratch(state: LayerState, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+    """Reusable storage for a temporary that never leaves the backward (None: allocate normally).
+
+    Fresh megabyte-sized CPU allocations cost page faults every step; reusing them does not.
+    Off when the backward itself is being recorded (create_graph=True).
+    """
+    if torch.is_grad_enabled():
+        return None
+    numel = math.prod(shape)
+    buf = state._scratch.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        buf = like.new_empty(numel)
+        state._scratch[name] = buf
+    return buf[:numel].view(shape)
+
+
+# ----------------------------------------------------------------------------- selection
 
 def _select(scores: torch.Tensor, k: int, selection: str) -> torch.Tensor:
     """Indices of the k kept entries along the last dim: largest score, or random."""
@@ -127,86 +194,232 @@ def _connection_rows(w_rows: torch.Tensor, kc: int) -> torch.Tensor:
     return torch.zeros(w_rows.shape, dtype=torch.bool, device=w_rows.device).scatter_(1, top, True)
 
 
-def _backward_batch(g, a, w, opts: SparseOptions, state: LayerState, need):
-    """One neuron set for the mini-batch (scores summed over it); compacted matmuls."""
-    B, n_out = g.shape
-    n_in = a.shape[1]
-    k = keep_count(n_out, opts.sparsity)
-    idx = _select(g.abs().sum(0), k, opts.selection).sort().values  # (k,)
-    g_k = g.index_select(1, idx)  # (B, k)   g~ restricted to kept neurons
-    w_k = w.index_select(0, idx)  # (k, n_in)
-    grad_a = grad_w = grad_b = None
-    conn_mask = cols = None
-    if opts.connection is None:
-        if need[1]:
-            grad_w = g.new_zeros(n_out, n_in).index_copy_(0, idx, g_k.t() @ a)  # rows idx of g~^T a
-        if need[0]:
-            grad_a = g_k @ w_k  # (B, n_in)   g~ W
-    elif opts.connection == "weight":
-        conn_mask = _connection_rows(w_k, keep_count(n_in, opts.conn_sparsity))  # (k, n_in)
-        if need[1]:
-            grad_w = g.new_zeros(n_out, n_in).index_copy_(0, idx, (g_k.t() @ a) * conn_mask)
-        if need[0]:
-            grad_a = g_k @ (w_k * conn_mask)  # g~ (W * M)
-    else:  # "activity": keep the input units with the largest sum_b |a_bj|
-        cols = a.abs().sum(0).topk(keep_count(n_in, opts.conn_sparsity), sorted=False).indices.sort().values
-        a_c = a.index_select(1, cols)  # (B, kc)
-        w_kc = w_k.index_select(1, cols)  # (k, kc)
-        if need[1]:
-            block = g.new_zeros(k, n_in).index_copy_(1, cols, g_k.t() @ a_c)  # (k, n_in)
-            grad_w = g.new_zeros(n_out, n_in).index_copy_(0, idx, block)
-        if need[0]:
-            grad_a = g.new_zeros(B, n_in).index_copy_(1, cols, g_k @ w_kc)
-    if need[2]:
-        grad_b = g.new_zeros(n_out).index_copy_(0, idx, g_k.sum(0))
-    state.weight_support = Support(rows=idx, cols=cols, mask=conn_mask)
-    state.bias_support = Support(rows=idx)
-    state.kept_fraction = k / n_out
-    if state.record:
-        counts = torch.zeros(n_out, dtype=torch.int32, device=g.device).index_fill_(0, idx, B)
-        state.last = MaskRecord(n_out, n_in, idx, counts, B, conn_mask=conn_mask, conn_cols=cols)
-    return grad_a, grad_w, grad_b
+def _abs_sum(x: torch.Tensor, state: LayerState, name: str) -> torch.Tensor:
+    """sum_b |x_bj|, the batch-summed magnitude (the |x| temporary in reused storage)."""
+    buf = _scratch(state, name, tuple(x.shape), x)
+    return (x.abs() if buf is None else torch.abs(x, out=buf)).sum(0)
 
 
-def _backward_example(g, a, w, opts: SparseOptions, state: LayerState, need):
-    """Each example keeps its own top-k neurons (meProp's original form); masked matmuls."""
-    B, n_out = g.shape
+def _rows(w: torch.Tensor, rows: torch.Tensor, state: LayerState, name: str = "w_k") -> torch.Tensor:
+    """w[rows] (a copy, in reused storage)."""
+    buf = _scratch(state, name, (len(rows), *w.shape[1:]), w)
+    return w.index_select(0, rows) if buf is None else torch.index_select(w, 0, rows, out=buf)
+
+
+def _active_columns(a: torch.Tensor, kc: int, state: LayerState) -> torch.Tensor:
+    """Refined: the kc input units with the largest activity sum_b |a_bj|, sorted."""
+    return _abs_sum(a, state, "abs_a").topk(kc, sorted=False).indices.sort().values
+
+
+# ----------------------------------------------------------------------------- gradient delivery
+
+def _accumulates_into_grad(weight: torch.Tensor, node) -> bool:
+    """True when autograd will add our weight gradient into an existing dense `weight.grad`."""
+    if not weight.is_leaf or torch.is_grad_enabled():
+        return False
+    buf = weight.grad
+    if buf is None or buf.layout != torch.strided or buf.shape != weight.shape or buf.dtype != weight.dtype:
+        return False
+    try:  # inside torch.autograd.grad() nothing is accumulated: deliver a plain dense gradient
+        return bool(torch._C._will_engine_execute_node(node))
+    except Exception:
+        return False
+
+
+def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None, full=None):
+    """What the backward returns for W, whose non-zero rows are `rows`.
+
+    block: those rows, (k, n_in) (compact path); full: the whole (n_out, n_in) gradient (dense).
+    When autograd will add into an existing `.grad`, a sparse COO tensor of the k rows makes that
+    add touch k rows; the buffer bookkeeping records them so `reset_weight_grad` clears only those.
+    """
+    if _accumulates_into_grad(weight, node):
+        buf = weight.grad
+        if buf is state._grad and buf._version == state._grad_version:
+            state._grad_rows.append(rows)
+            state._grad_version += 1  # autograd's in-place add
+        else:
+            state._grad = None  # contents unknown: the next reset clears it whole
+        if block is not None:
+            return torch.sparse_coo_tensor(rows.unsqueeze(0), block, weight.shape, is_coalesced=True,
+                                           check_invariants=False)
+        return full
+    if full is not None:
+        return full
+    return block.new_zeros(weight.shape).index_copy_(0, rows, block)  # fresh dense dW
+
+
+def reset_weight_grad(weight: torch.Tensor, state: LayerState) -> None:
+    """Zero `weight.grad` in place, re-zeroing only the rows written since the last reset.
+
+    Falls back to zeroing it whole when the tensor is new or was written by anything else
+    (its version counter tells). Afterwards the buffer is known clean. After a dense-fallback
+    backward (most rows written) it sets `.grad` to None instead: the next full gradient is
+    then taken over by autograd as is, as for any dense layer.
+    """
+    buf = weight.grad
+    if buf is None or buf.layout != torch.strided or state.path == "dense-fallback":
+        weight.grad = None
+        state._grad, state._grad_rows = None, []
+        return
+    if buf is state._grad and buf._version == state._grad_version:
+        for rows in state._grad_rows:
+            buf.index_fill_(0, rows, 0.0)
+    else:
+        buf.zero_()
+    state._grad, state._grad_version, state._grad_rows = buf, buf._version, []
+
+
+# ----------------------------------------------------------------------------- the two paths
+
+def _compact(g_k, rows, a, w, state: LayerState, cols, conn, need):
+    """Matmuls on the kept rows only: g_k = g~[:, rows] (B, k). Returns (da, dW rows (k, n_in))."""
+    B = g_k.shape[0]
     n_in = a.shape[1]
-    k = keep_count(n_out, opts.sparsity)
-    sel = _select(g.abs(), k, opts.selection)  # (B, k)
-    m = torch.zeros_like(g).scatter_(1, sel, 1.0)  # (B, n_out) neuron mask per example
-    gm = g * m  # g~
-    counts = m.sum(0)  # (n_out,) examples that kept each neuron
-    rows = torch.nonzero(counts, as_tuple=True)[0]  # neurons kept by any example
-    conn = cols = None
-    w_eff = w
-    if opts.connection == "weight":
-        conn = _connection_rows(w, keep_count(n_in, opts.conn_sparsity))  # (n_out, n_in)
-        w_eff = w * conn
-    elif opts.connection == "activity":
-        cols = a.abs().sum(0).topk(keep_count(n_in, opts.conn_sparsity), sorted=False).indices.sort().values
-        conn = torch.zeros(n_in, dtype=torch.bool, device=g.device).index_fill_(0, cols, True)
-        w_eff = w * conn  # broadcast over rows: column mask
-    grad_a = gm @ w_eff if need[0] else None  # g~ (W * M)
-    grad_w = None
+    grad_a = block = None
+    if cols is not None:  # refined: kept columns too; dW and da live in (k, kc) and (B, kc)
+        if need[1]:
+            block = g_k.new_zeros(len(rows), n_in).index_copy_(1, cols, g_k.t() @ a.index_select(1, cols))
+        if need[0]:
+            w_kc = _rows(w, rows, state).index_select(1, cols)  # (k, kc)
+            grad_a = g_k.new_zeros(B, n_in).index_copy_(1, cols, g_k @ w_kc)
+        return grad_a, block
+    if need[1]:
+        block = g_k.t() @ a  # (k, n_in)   rows of g~^T a
+        if conn is not None:
+            block.mul_(conn)  # * M
+    if need[0]:
+        w_k = _rows(w, rows, state)  # (k, n_in)
+        if conn is not None:
+            w_k.mul_(conn)  # W * M
+        grad_a = g_k @ w_k  # (B, n_in)   g~ (W * M)
+    return grad_a, block
+
+
+def _dense(gm, rows, a, w, opts: SparseOptions, cols, conn, need, gm_csr=None):
+    """The same result with full matmuls on the masked g~ (B, n_out). Returns (da, full dW).
+
+    gm_csr: g~ as a sparse CSR matrix (example granularity, few kept per example): da = g~ W
+    then costs B k n_in multiply-adds instead of B n_out n_in.
+    """
+    n_out, n_in = w.shape
+    M = colmask = None
+    if conn is not None:  # excessive: row masks of the kept rows, zero elsewhere
+        M = torch.zeros(n_out, n_in, dtype=torch.bool, device=w.device).index_copy_(0, rows, conn)
+    elif cols is not None:  # refined: a column mask
+        colmask = torch.zeros(n_in, dtype=gm.dtype, device=w.device).index_fill_(0, cols, 1.0)
+    grad_a = grad_w = None
     if need[1]:
         grad_w = gm.t() @ a  # (n_out, n_in)
-        if conn is not None:
-            grad_w = grad_w * conn
-    grad_b = gm.sum(0) if need[2] else None
-    row_mask = conn.index_select(0, rows) if opts.connection == "weight" else None
-    state.weight_support = Support(rows=rows, cols=cols, mask=row_mask)
-    state.bias_support = Support(rows=rows)
+        if M is not None:
+            grad_w.mul_(M)
+        elif colmask is not None:
+            grad_w.mul_(colmask)
+    if need[0]:
+        grad_a = (gm if gm_csr is None else gm_csr) @ (w * M if M is not None else w)  # (B, n_in)
+        if colmask is not None:
+            grad_a.mul_(colmask)  # g~ (W * M) with a column mask
+    return grad_a, grad_w
+
+
+def _choose(opts: SparseOptions, B: int, n_in: int, n_out: int, k: int, kc: int) -> bool:
+    if opts.path == "auto":
+        return use_compact(B, n_in, n_out, k, kc)
+    return opts.path == "compact"
+
+
+def _backward_batch(g, a, w, opts: SparseOptions, state: LayerState, need, node=None):
+    """One neuron set for the mini-batch (scores summed over it)."""
+    B, n_out = g.shape
+    n_in = a.shape[1]
+    k = keep_count(n_out, opts.sparsity)
+    idx = _select(_abs_sum(g, state, "abs_g"), k, opts.selection).sort().values  # (k,) kept neurons
+    cols = conn = None
+    kc = n_in
+    if opts.connection == "activity":
+        kc = keep_count(n_in, opts.conn_sparsity)
+        cols = _active_columns(a, kc, state)  # (kc,)
+    elif opts.connection == "weight":
+        conn = _connection_rows(w.index_select(0, idx), keep_count(n_in, opts.conn_sparsity))  # (k, n_in)
+    compact = _choose(opts, B, n_in, n_out, k, kc)
+    grad_w = None
+    if compact:
+        g_k = g.index_select(1, idx)  # (B, k)   g~ restricted to kept neurons
+        grad_a, block = _compact(g_k, idx, a, w, state, cols, conn, need)
+        if need[1]:
+            grad_w = _weight_grad(w, node, state, idx, block=block)
+        grad_b = g.new_zeros(n_out).index_copy_(0, idx, g_k.sum(0)) if need[2] else None
+    else:
+        m = g.new_zeros(n_out).index_fill_(0, idx, 1.0)  # neuron mask
+        gm = g * m  # (B, n_out)   g~
+        grad_a, full = _dense(gm, idx, a, w, opts, cols, conn, need)
+        if need[1]:
+            grad_w = _weight_grad(w, node, state, idx, full=full)
+        grad_b = gm.sum(0) if need[2] else None
+    state.weight_support = Support(rows=idx, cols=cols, mask=conn)
+    state.bias_support = Support(rows=idx)
     state.kept_fraction = k / n_out
+    state.path = "compact" if compact else "dense-fallback"
     if state.record:
-        kept = counts.topk(k, sorted=False).indices.sort().values
-        state.last = MaskRecord(
-            n_out, n_in, kept, counts.to(torch.int32), B,
-            conn_mask=conn.index_select(0, kept) if opts.connection == "weight" else None,
-            conn_cols=cols, example_mask=m.bool(),
-        )
+        counts = torch.zeros(n_out, dtype=torch.int32, device=g.device).index_fill_(0, idx, B)
+        state.last = MaskRecord(n_out, n_in, idx, counts, B, conn_mask=conn, conn_cols=cols)
     return grad_a, grad_w, grad_b
 
+
+def _backward_example(g, a, w, opts: SparseOptions, state: LayerState, need, node=None):
+    """Each example keeps its own top-k neurons (meProp's original form).
+
+    g~ is built by a gather/scatter of the kept entries; the matmuls then compact on the union
+    of the neurons any example kept (exact: g~ is zero outside it) when that union is small.
+    """
+    B, n_out = g.shape
+    n_in = a.shape[1]
+    k = keep_count(n_out, opts.sparsity)
+    buf = _scratch(state, "abs_g", tuple(g.shape), g)
+    sel = _select(g.abs() if buf is None else torch.abs(g, out=buf), k, opts.selection)  # (B, k)
+    m = torch.zeros(B, n_out, dtype=torch.bool, device=g.device).scatter_(1, sel, True)  # neuron mask
+    gm = g * m  # (B, n_out)   g~
+    counts = torch.bincount(sel.reshape(-1), minlength=n_out)  # (n_out,) examples that kept each neuron
+    rows = torch.nonzero(counts, as_tuple=True)[0]  # neurons kept by any example (sorted)
+    cols = conn = None
+    kc = n_in
+    if opts.connection == "activity":
+        kc = keep_count(n_in, opts.conn_sparsity)
+        cols = _active_columns(a, kc, state)
+    elif opts.connection == "weight":
+        conn = _connection_rows(w.index_select(0, rows), keep_count(n_in, opts.conn_sparsity))  # (u, n_in)
+    compact = _choose(opts, B, n_in, n_out, len(rows), kc)
+    grad_w = None
+    if compact:
+        g_u = gm.index_select(1, rows)  # (B, u)
+        grad_a, block = _compact(g_u, rows, a, w, state, cols, conn, need)
+        if need[1]:
+            grad_w = _weight_grad(w, node, state, rows, block=block)
+    else:
+        gm_csr = None
+        if need[0] and k <= CSR_MAX_FRACTION * n_out and (1 - k / n_out) * B * n_in * n_out >= COMPACT_MIN_SAVING:
+            # exactly k entries per row, in row-major order: the CSR form of g~ (B, n_out)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                gm_csr = torch.sparse_csr_tensor(torch.arange(0, B * k + 1, k, device=g.device), m.nonzero()[:, 1],
+                                                 g.masked_select(m), (B, n_out), check_invariants=False)
+        grad_a, full = _dense(gm, rows, a, w, opts, cols, conn, need, gm_csr)
+        if need[1]:
+            grad_w = _weight_grad(w, node, state, rows, full=full)
+    grad_b = gm.sum(0) if need[2] else None
+    state.weight_support = Support(rows=rows, cols=cols, mask=conn)
+    state.bias_support = Support(rows=rows)
+    state.kept_fraction = k / n_out
+    state.path = "compact" if compact else "dense-fallback"
+    if state.record:
+        kept = counts.topk(k, sorted=False).indices.sort().values
+        conn_mask = conn.index_select(0, torch.searchsorted(rows, kept)) if conn is not None else None
+        state.last = MaskRecord(n_out, n_in, kept, counts.to(torch.int32), B, conn_mask=conn_mask,
+                                conn_cols=cols, example_mask=m)
+    return grad_a, grad_w, grad_b
+
+
+# ----------------------------------------------------------------------------- autograd
 
 class AsymmetricLinearFunction(torch.autograd.Function):
     """z = a W^T + b forward; the sparsified backward of DESIGN.md §1."""
@@ -231,7 +444,9 @@ class AsymmetricLinearFunction(torch.autograd.Function):
         g = grad_output.reshape(-1, grad_output.shape[-1])  # (B, n_out)
         a = input.reshape(-1, input.shape[-1])  # (B, n_in)
         step = _backward_batch if ctx.opts.granularity == "batch" else _backward_example
-        grad_a, grad_weight, grad_bias = step(g, a, weight, ctx.opts, ctx.state, need)
+        node = ctx.next_functions[1][0] if need[1] else None  # the weight's AccumulateGrad (leaf)
+        grad_a, grad_weight, grad_bias = step(g, a, weight, ctx.opts, ctx.state, need, node)
+        ctx.state.backwards += 1
         if grad_a is not None:
             grad_input = grad_a.reshape(input.shape)
         return grad_input, grad_weight, grad_bias, None, None
@@ -291,9 +506,10 @@ class AsymmetricLinear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.dense_backward:
-            self.state.weight_support = self.state.bias_support = None
-            self.state.kept_fraction = 1.0
-            self.state.last = None
+            state = self.state
+            if state.weight_support is not None or state.last is not None:
+                state.weight_support = state.bias_support = state.last = None
+                state.kept_fraction = 1.0
             return F.linear(input, self.weight, self.bias)
         return AsymmetricLinearFunction.apply(input, self.weight, self.bias, self.options, self.state)
 

@@ -1,5 +1,7 @@
 """The lazy optimizer update: dropped neurons and connections do not move, through any optimizer."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,54 @@ def test_adam_bias_correction_uses_each_entrys_own_step_count():
 def test_bad_optimizer_names(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         AsymmetricOptimizer(MLP(2, [3], 2), **kwargs)
+
+
+@pytest.mark.parametrize("strategy,granularity", [("neuron", "batch"), ("neuron", "example"), ("refined", "batch")])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_lazy_adam_matches_float64_reference_on_every_support_kind(strategy, granularity, weight_decay):
+    """Rows (the in-place fast path, per-row step counts) and row x column blocks."""
+    torch.manual_seed(2)
+    model = MLP(7, [16], 3, strategy=strategy, sparsity=0.75, conn_sparsity=0.5, granularity=granularity)
+    layer = model.linears[0]
+    lr, (b1, b2), eps = 0.05, (0.9, 0.999), 1e-8
+    opt = AsymmetricOptimizer(model, "adam", lr=lr, weight_decay=weight_decay)
+    w = layer.weight.detach().double().clone()
+    m, v, t = (torch.zeros_like(w) for _ in range(3))
+    for _ in range(5):
+        x, y = torch.randn(6, 7), torch.randint(0, 3, (6,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        sup = layer.state.weight_support
+        touched = torch.zeros_like(w, dtype=torch.bool)
+        if sup.cols is not None:
+            touched[sup.rows.unsqueeze(1), sup.cols.unsqueeze(0)] = True
+        else:
+            touched[sup.rows] = True
+        g = layer.weight.grad.double() + weight_decay * w
+        opt.step()
+        t = torch.where(touched, t + 1, t)
+        m = torch.where(touched, b1 * m + (1 - b1) * g, m)
+        v = torch.where(touched, b2 * v + (1 - b2) * g * g, v)
+        tt = t.clamp(min=1)
+        w = torch.where(touched, w - lr * (m / (1 - b1**tt)) / ((v / (1 - b2**tt)).sqrt() + eps), w)
+        torch.testing.assert_close(layer.weight.detach().double(), w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["compact", "dense"])
+def test_zero_grad_keeps_the_buffer_zeroed_and_step_without_backward_is_a_no_op(path):
+    torch.manual_seed(0)
+    model = MLP(6, [20], 3, strategy="neuron", sparsity=0.8)
+    opt = AsymmetricOptimizer(model, "adam", lr=0.1)
+    layer = model.linears[0]
+    layer.options = dataclasses.replace(layer.options, path=path)
+    nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
+    opt.step()
+    opt.zero_grad()
+    if path == "compact":  # the persistent buffer, zeroed
+        assert layer.weight.grad is not None and torch.count_nonzero(layer.weight.grad) == 0
+    else:  # after a dense-fallback backward: released, like every other gradient
+        assert layer.weight.grad is None
+    assert model.linears[1].weight.grad is None  # other parameters follow set_to_none
+    before = layer.weight.detach().clone()
+    opt.step()  # no backward since zero_grad: nothing moves (Adam's momentum included)
+    assert torch.equal(layer.weight, before)
