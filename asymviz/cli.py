@@ -201,7 +201,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from asymviz.bench import symmetric_overhead
 
         results = [symmetric_overhead(widths, batch=b, n_in=args.n_in, n_out=args.n_out, optimizer=args.optimizer,
-                                      device=args.device, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+                                      device=args.device, repeats=args.repeats, warmup=args.warmup, seed=args.seed,
+                                      clock=args.clock)
                    for b in batches]
         if args.json:
             print(json.dumps(results))
@@ -551,7 +552,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"on http://{args.address}:{args.port}; SIGTERM or Ctrl-C stops both.", file=sys.stderr, flush=True)
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-             "--server.address", args.address, "--server.headless", "true"],
+             "--server.address", args.address, "--server.headless", "true",
+             "--server.fileWatcherType", "none"],  # serving, not developing: no reload on edits
             cwd=app.parent, env={**os.environ, "ASYMVIZ_EXTERNAL_WORKERS": "1"})
         while not signals and server.poll() is None:
             try:
