@@ -43,7 +43,7 @@ def main() -> None:
                    "on a 2-D toy dataset and takes you to its live view, where the decision boundary forms.")
     if clicked:
         try:
-            run_id = ui_common.runner().submit(dict(ui.TRY_IT_CONFIG), owner=owner)
+            run_id = ui_common.submit(dict(ui.TRY_IT_CONFIG), owner=owner)
         except Exception as err:  # a limit, a full queue: one sentence, nothing launched
             ui_common.error(err)
         else:

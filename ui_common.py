@@ -2,21 +2,114 @@
 
 Shared, thread-safe objects live in `st.cache_resource` (the job runner and its store, the
 benchmark thread); per-browser state (the owner name) in `st.session_state`. Everything that
-does not need Streamlit is in `asymviz.ui`, where it is unit-tested.
+does not need Streamlit is in `asymviz.ui` and `asymviz.lab`, where it is unit-tested.
+
+`setup()` is also the lab's access gate: with ASYMVIZ_PASSWORD set (or ASYMVIZ_AUTH=oidc) a
+page renders nothing but the password form (or the login button) until the session is in.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 
 import streamlit as st
 
-from asymviz import ui
+from asymviz import lab, ui
+
+WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
+
 
 def setup(title: str, icon: str) -> None:
-    """Page config; call first on every page."""
+    """Page config and the access gate; call first on every page."""
     st.set_page_config(page_title=f"{title} · asymviz", page_icon=icon, layout="wide")
+    access_gate()
+
+
+def access_gate() -> None:
+    """Stop the page until this session may see the lab: logged in through the identity
+    provider (ASYMVIZ_AUTH=oidc, Streamlit's st.login), and holding the lab password when
+    ASYMVIZ_PASSWORD is set. Until then the page shows the login or the password form only."""
+    try:
+        mode = lab.auth_mode()
+    except Exception as err:
+        error(err)
+        st.stop()
+    if mode == "oidc":
+        _oidc_gate()
+    password = os.environ.get("ASYMVIZ_PASSWORD", "")
+    if password:
+        password_gate(password, "access", "Lab password", WRONG_PASSWORD,
+                      "This lab is protected by a password; your instructor has it.")
+
+
+def password_gate(expected: str, key: str, label: str, wrong: str, caption: str) -> None:
+    """Return if this session has entered `expected`; else show a password form (or, after a
+    wrong one, the form and `wrong`) and stop the page. The session keeps a token, not the
+    password; the comparison is constant-time."""
+    ss = st.session_state
+    token = lab.password_token(expected)
+    if ss.get(f"{key}_token") == token:
+        return
+    with st.form(f"{key}_form", clear_on_submit=True):
+        st.text_input(label, type="password", key=f"{key}_password", help=caption)
+        submitted = st.form_submit_button("Enter", type="primary")
+    if submitted:
+        entered = ss.get(f"{key}_password") or ""
+        if lab.password_matches(entered, expected):
+            ss[f"{key}_token"] = token
+            st.rerun()
+        time.sleep(1.0)  # guessing costs a second per try
+        st.error(wrong, icon=":material/lock:")
+    st.stop()
+
+
+def _oidc_gate() -> None:
+    """ASYMVIZ_AUTH=oidc: a "Log in" button (st.login, the provider of .streamlit/secrets.toml's
+    [auth] section, or ASYMVIZ_AUTH_PROVIDER's) until the identity provider says who this is."""
+    if _logged_in():
+        st.sidebar.button("Log out", key="auth_logout", on_click=st.logout, icon=":material/logout:")
+        return
+    provider = os.environ.get("ASYMVIZ_AUTH_PROVIDER") or None
+    st.button("Log in", key="auth_login", type="primary", icon=":material/login:",
+              on_click=st.login, args=(provider,) if provider else ())
+    st.stop()
+
+
+def _logged_in() -> bool:
+    """st.user.is_logged_in, False where Streamlit has no login configured."""
+    return bool(st.user.get("is_logged_in", False))
+
+
+def _identity() -> str | None:
+    """With ASYMVIZ_AUTH=oidc, the logged-in user's e-mail or name as an owner name."""
+    try:
+        if lab.auth_mode() != "oidc" or not _logged_in():
+            return None
+    except Exception:
+        return None
+    for claim in ("email", "preferred_username", "name"):
+        name = str(st.user.get(claim) or "").strip()[:40]
+        if name and not ui.owner_problem(name):
+            return name
+    return None
+
+
+def offered_datasets() -> list[str]:
+    """The datasets this lab offers ($ASYMVIZ_DATASETS; all when unset), in display order;
+    a bad ASYMVIZ_DATASETS is one sentence and stops the page."""
+    try:
+        return lab.offered_datasets()
+    except Exception as err:
+        error(err)
+        st.stop()
+
+
+def submit(config: dict, owner: str) -> int:
+    """Queue a run from a page: the runner checks the config, the lab's dataset list
+    (DatasetNotOffered) and the limits, each with one sentence; the run id."""
+    return runner().submit(config, owner=owner)
 
 
 def refresh_seconds() -> float:
@@ -68,11 +161,14 @@ def _owner_changed() -> None:
 def owner() -> str:
     """This browser session's owner name, asked once in the sidebar (default guest-xxxx)."""
     ss = st.session_state
+    identity = _identity()  # logged in through the identity provider: that is who owns the runs
+    if identity:
+        ss["owner"] = identity
     if "owner" not in ss:
         ss["owner"] = ui.default_owner()
     ss["owner_name"] = ss["owner"]  # every page has its own copy of the widget: give it the name
     st.sidebar.text_input(
-        "Your name", key="owner_name", max_chars=40, on_change=_owner_changed,
+        "Your name", key="owner_name", max_chars=40, on_change=_owner_changed, disabled=bool(identity),
         help="Shown on the runs you start; only you can stop or delete them. Kept while this tab is open: "
              "after a reload, type the same name again to manage your runs.")
     if ss.get("owner_problem"):

@@ -121,7 +121,11 @@ class Limits:
                       for f in fields(cls)})
 
     def check(self, store: Store, config: TrainConfig, owner: str) -> None:
-        """Raise LimitExceeded if queuing this (validated) config for owner breaks a limit."""
+        """Raise LimitExceeded if queuing this (validated) config for owner breaks a limit, and
+        DatasetNotOffered if the lab does not offer its dataset (ASYMVIZ_DATASETS)."""
+        from asymviz.lab import check_dataset
+
+        check_dataset(config.dataset)
         if self.max_epochs and config.epochs > self.max_epochs:
             raise LimitExceeded(f"This instance allows at most {self.max_epochs} epochs per run "
                                 f"(ASYMVIZ_MAX_EPOCHS); this run asks for {config.epochs}.")

@@ -14,7 +14,7 @@ import torch
 
 import ui_common
 from asymviz import figures, ui
-from asymviz.data import DATASETS, list_datasets
+from asymviz.data import DATASETS
 from asymviz.model import MAX_WIDTH
 from asymviz.sparse import keep_count
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
@@ -23,7 +23,9 @@ ui_common.setup("Train", ":material/model_training:")
 owner = ui_common.owner()
 ss = st.session_state
 
-DATASET_NAMES = [info.name for kind in ("embedded", "download", "csv") for info in list_datasets(kind)]
+DATASET_NAMES = ui_common.offered_datasets()  # all of them, or this lab's $ASYMVIZ_DATASETS
+DEFAULT_DATASET = "digits" if "digits" in DATASET_NAMES else DATASET_NAMES[0]
+START_CONFIG = {**ui.DEFAULTS, "dataset": DEFAULT_DATASET}  # a first visit's configuration
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "gelu"]
 OPTIMIZERS = ["adam", "momentum", "sgd"]
@@ -56,7 +58,7 @@ def apply_config(config: dict) -> list[str]:
             problems.append(f"The {name} {value!r} is outside {lo:g} to {hi:g}, so {x:g} is used.")
         ss[key] = x
 
-    choice("train_dataset", c["dataset"], DATASET_NAMES, "digits", "dataset")
+    choice("train_dataset", c["dataset"], DATASET_NAMES, DEFAULT_DATASET, "dataset")
     options = dict(c["dataset_options"] or {})
     info = DATASETS[ss["train_dataset"]]
     if info.is_2d:
@@ -149,7 +151,7 @@ params = st.query_params.to_dict()
 if params != ss.get("train_synced_params"):  # a link, or arriving from another page
     url_config, problems = ui.config_from_query(params)
     url_run = ui.run_from_query(params)
-    base = ss.get("train_config") or ui.DEFAULTS
+    base = ss.get("train_config") or START_CONFIG
     if url_config:
         base = ui.full_config(url_config)
     elif url_run is not None:
@@ -165,7 +167,7 @@ else:  # re-assert the widgets' values: widget state does not survive a visit to
     try:
         current = read_config()
     except (KeyError, TypeError, ValueError):
-        current = ss.get("train_config") or ui.DEFAULTS
+        current = ss.get("train_config") or START_CONFIG
     apply_config(current)
 for i in range(MAX_LAYERS):  # widths of layers not shown keep a value for when they are added
     ss.setdefault(f"train_width_{i}", ss.get(f"train_width_{i - 1}", 256) if i else 256)
@@ -372,7 +374,7 @@ if start and not errors:
             from asymviz.data import load_dataset
             with st.spinner(f"Downloading {info.title} (once) ..."):
                 load_dataset(config["dataset"], config["dataset_options"], split_seed=config["split_seed"])
-        run_id = ui_common.runner().submit(dict(config), owner=owner)
+        run_id = ui_common.submit(dict(config), owner=owner)
     except Exception as err:
         from asymviz.errors import DataError
         ui_common.error(err, data_slot if isinstance(err, DataError) else None)

@@ -19,7 +19,7 @@ ui_common.setup("Experiment", ":material/science:")
 owner = ui_common.owner()
 ss = st.session_state
 EXP_PARAM = "exp"
-DATASET_NAMES = [name for name, info in DATASETS.items() if info.kind != "csv"]
+DATASET_NAMES = [name for name in ui_common.offered_datasets() if DATASETS[name].kind != "csv"]
 FIELDS = {  # widget key -> spec field
     "exp_datasets": "datasets", "exp_hidden": "hidden", "exp_strategies": "strategies",
     "exp_sparsities": "sparsities", "exp_conn": "conn_sparsity", "exp_dropouts": "dropouts", "exp_seeds": "seeds",
@@ -43,7 +43,9 @@ def widget_values(spec: ex.ExperimentSpec) -> dict:
 
 
 def load_preset() -> None:
-    ss.update(widget_values(ex.preset(ss["exp_preset"])))
+    values = widget_values(ex.preset(ss["exp_preset"]))
+    values["exp_datasets"] = [d for d in values["exp_datasets"] if d in DATASET_NAMES]  # what this lab offers
+    ss.update(values)
 
 
 def read_spec() -> ex.ExperimentSpec:

@@ -1,0 +1,151 @@
+"""Instructor page: every run of every owner, stop any of them, clear old runs, and the queue
+and the workers' load. Behind its own password, ASYMVIZ_INSTRUCTOR_PASSWORD (unset: the page
+says the view is disabled and how to enable it).
+
+The worker processes are this server's own pool (`streamlit run app.py`) or, under
+`python -m asymviz serve` (the lab image), the pool that `serve` records in
+$ASYMVIZ_HOME/workers.json.
+"""
+
+import os
+
+import pandas as pd
+import streamlit as st
+
+import ui_common
+from asymviz import lab, ui
+from asymviz.store import TERMINAL
+
+ui_common.setup("Instructor", ":material/admin_panel_settings:")
+ss = st.session_state
+MAX_LISTED = 1000
+
+st.title("Instructor")
+password = os.environ.get("ASYMVIZ_INSTRUCTOR_PASSWORD", "")
+if not password:
+    st.info("The instructor view is disabled. To enable it, start the server with the environment variable "
+            "ASYMVIZ_INSTRUCTOR_PASSWORD set to a password of your choice (for Docker: "
+            "`docker run -e ASYMVIZ_INSTRUCTOR_PASSWORD=... asymviz`).", icon=":material/lock:")
+    st.stop()
+ui_common.password_gate(password, "instructor", "Instructor password",
+                        "Wrong password: this view needs the instructor password.",
+                        "The password set by ASYMVIZ_INSTRUCTOR_PASSWORD when the server started.")
+
+runner = ui_common.runner()
+store = runner.store
+st.caption("Every run of every owner. You can stop any run and clear runs that have ended; the numbers below "
+           "refresh by themselves.")
+if st.sidebar.button("Leave the instructor view", key="instructor_leave", icon=":material/logout:"):
+    ss.pop("instructor_token", None)
+    st.rerun()
+
+
+# ------------------------------------------------------------------------ queue and workers (live)
+
+def pool() -> tuple[list[int], int | None, str]:
+    """(live worker pids, configured pool size, where the pool runs)."""
+    if runner.workers_alive():  # this server's own pool (`streamlit run app.py`)
+        return runner.worker_pids(), runner.workers, "this server's worker pool"
+    status = lab.read_pool_status()
+    if status is not None:  # `python -m asymviz serve`
+        return status["pids"], status["workers"], f"the worker pool of `serve` (pid {status['pid']})"
+    return [], None, "no worker pool on this machine (a `python -m asymviz worker` elsewhere, or none)"
+
+
+@st.fragment(run_every=max(2.0, ui_common.refresh_seconds()))
+def live_view() -> None:
+    pids, size, where = pool()
+    running = store.list_runs(status="running")
+    queued = store.count(("queued",))
+    load, mem = lab.load(), lab.memory()
+    limits = runner.limits
+    m = st.columns(5)
+    m[0].metric("Workers alive", f"{len(pids)}" + (f" of {size}" if size is not None else ""),
+                help=f"Processes that train runs: {where}.")
+    m[1].metric("Running", len(running))
+    m[2].metric("Queued", queued, help=f"The queue holds at most {limits.max_queue} queued or running runs "
+                                       "(ASYMVIZ_MAX_QUEUE)." if limits.max_queue else "No queue limit.")
+    if load["load_1"] is not None:
+        m[3].metric("CPU load (1 min)", f"{load['load_1']:.2f}", help=f"{load['cores']} cores; load averages "
+                    f"{load['load_1']:.2f} / {load['load_5']:.2f} / {load['load_15']:.2f} over 1 / 5 / 15 min. "
+                    "Above the core count, runs slow each other down.")
+    if mem["limit_mb"] is not None and mem["used_mb"] is not None:
+        m[4].metric("Memory (container)", f"{mem['used_mb'] / 1024:.1f} / {mem['limit_mb'] / 1024:.0f} GiB",
+                    help="In use by this container, of its limit.")
+    elif mem["total_mb"] is not None:
+        m[4].metric("Memory (machine)", f"{(mem['total_mb'] - mem['available_mb']) / 1024:.1f} / "
+                    f"{mem['total_mb'] / 1024:.0f} GiB", help="In use on this machine, of its total.")
+
+    training = {run["worker_pid"]: run for run in running}
+    if pids:
+        st.dataframe(pd.DataFrame([{
+            "worker pid": pid, "memory (MiB)": round(lab.rss_mb(pid) or 0),
+            "training": ui.run_label(training[pid]) if pid in training else "idle",
+            "owner": training[pid]["owner"] if pid in training else ""} for pid in pids]),
+            hide_index=True, key="instructor_workers")
+    else:
+        st.caption(f"Workers: {where}.")
+
+    queued_by = store.counts_by_owner(("queued",))
+    running_by = store.counts_by_owner(("running",))
+    owners = sorted(set(queued_by) | set(running_by), key=lambda o: (-queued_by.get(o, 0) - running_by.get(o, 0), o))
+    st.subheader("The queue")
+    if not owners:
+        st.caption("Nothing is queued or running.")
+    else:
+        per_owner = (f"at most {limits.max_runs_per_owner} per person (ASYMVIZ_MAX_RUNS_PER_OWNER)"
+                     if limits.max_runs_per_owner else "no per-person limit")
+        st.dataframe(pd.DataFrame([{"owner": o, "queued": queued_by.get(o, 0), "running": running_by.get(o, 0)}
+                                   for o in owners]), hide_index=True, key="instructor_queue")
+        st.caption(f"Queued and running runs per person: {per_owner}.")
+
+
+live_view()
+
+# ------------------------------------------------------------------------------------ all runs
+
+st.subheader("All runs")
+runs = store.list_runs(limit=MAX_LISTED)
+if not runs:
+    st.info("No runs yet.", icon=":material/info:")
+    st.stop()
+st.dataframe(pd.DataFrame(ui.runs_table(runs)), hide_index=True, key="instructor_runs",
+             height=min(420, 38 + 35 * len(runs)),
+             column_config={
+                 "id": st.column_config.NumberColumn("run", format="#%d", width="small"),
+                 "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
+                                                             format="percent"),
+                 "test acc": st.column_config.NumberColumn("test acc", format="percent")})
+if len(runs) == MAX_LISTED:
+    st.caption(f"The newest {MAX_LISTED} runs.")
+
+live = {run["id"]: run for run in runs if run["status"] in ui.LIVE}
+c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+to_stop = c1.multiselect("Stop runs", list(live), key="instructor_stop_ids",
+                         format_func=lambda i: f"{ui.run_label(live[i])} · {live[i]['owner']} · {live[i]['status']}",
+                         placeholder="Pick queued or running runs of anyone" if live else "Nothing is queued or running")
+if c2.button("Stop", key="instructor_stop", icon=":material/stop:", disabled=not to_stop, use_container_width=True):
+    for run_id in to_stop:
+        try:
+            runner.stop(run_id, owner=None)  # as an administrator
+        except Exception as err:
+            ui_common.error(err)
+    st.success(f"Stop requested for run{'s' if len(to_stop) > 1 else ''} "
+               f"{', '.join(f'#{i}' for i in to_stop)}.", icon=":material/stop:")
+
+# ------------------------------------------------------------------------------ clear old runs
+
+st.subheader("Clear old runs")
+d1, d2 = st.columns([3, 1], vertical_alignment="bottom")
+days = d1.number_input("Runs that ended more than this many days ago (0 = every run that has ended)", 0.0, 3650.0,
+                       value=7.0, step=1.0, key="instructor_clear_days")
+old = lab.ended_runs(store, float(days))
+if d2.button(f"Delete {len(old)} run{'' if len(old) == 1 else 's'}", key="instructor_clear",
+             icon=":material/delete:", disabled=not old, use_container_width=True):
+    deleted = lab.clear_ended_runs(runner, float(days))
+    ss["instructor_cleared"] = len(deleted)
+    st.rerun()
+st.caption(f"Deletes the runs (of every owner) that ended — {', '.join(sorted(TERMINAL))} — with their metrics. "
+           "Queued and running runs are never cleared. Back up $ASYMVIZ_HOME/asymviz.db first if you may need them.")
+if "instructor_cleared" in ss:
+    st.success(f"Deleted {ss.pop('instructor_cleared')} run(s).", icon=":material/delete:")

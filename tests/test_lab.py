@@ -1,0 +1,400 @@
+"""Hosting for a class: asymviz.lab (datasets offered, passwords, the pool status, old runs),
+the limits set by environment variables, `python -m asymviz serve`'s start and stop, and the
+lab image's recipe run outside Docker (scripts/install.sh into a fresh virtual environment, then
+scripts/entrypoint.sh), as CI does since no Docker engine runs here.
+
+The recipe test is an integration test (`-m integration` selects it, `-m "not integration"`
+skips it): it pip-installs the requirements (a minute or more) and trains real runs.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from asymviz import cli, lab
+from asymviz.errors import ConfigError
+from asymviz.jobs import Runner
+from asymviz.store import Store
+from conftest import ROOT
+
+TINY = ["--dataset", "moons", "--hidden", "8", "--epochs", "2"]
+LONG = ["--dataset", "digits", "--hidden", "512,512", "--epochs", "400"]  # minutes: stopped long before
+LAB_VARIABLES = ("ASYMVIZ_EXTERNAL_WORKERS", "ASYMVIZ_PASSWORD", "ASYMVIZ_INSTRUCTOR_PASSWORD", "ASYMVIZ_AUTH",
+                 "ASYMVIZ_DATASETS", "ASYMVIZ_MAX_PARAMS", "ASYMVIZ_MAX_EPOCHS", "ASYMVIZ_MAX_RUNS_PER_OWNER",
+                 "ASYMVIZ_MAX_QUEUE", "ASYMVIZ_WORKERS", "ASYMVIZ_WORKER_THREADS")
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def until(predicate, timeout, what, every=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=3) as r:
+            return r.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def children() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    tree, out, todo = children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def gone(pids) -> bool:
+    return not any(lab.pid_alive(pid) for pid in pids)
+
+
+def lab_env(home: pathlib.Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAB_VARIABLES}
+    return {**env, "ASYMVIZ_HOME": str(home), **extra}
+
+
+class Tree:
+    """A process started in its own session, killed with everything under it at the end."""
+
+    def __init__(self, args, env, log_path, cwd=ROOT):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        self.log.flush()
+        return pathlib.Path(self.log_path).read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its session
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+
+@pytest.fixture
+def lab_home():
+    path = pathlib.Path(tempfile.mkdtemp(prefix="asymviz-lab-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+def test_every_dataset_is_offered_unless_the_lab_names_some(monkeypatch):
+    monkeypatch.delenv("ASYMVIZ_DATASETS", raising=False)
+    assert lab.offered_datasets() == lab.all_datasets() and "csv" in lab.all_datasets()
+    monkeypatch.setenv("ASYMVIZ_DATASETS", " Moons,digits ,csv")
+    assert lab.offered_datasets() == ["digits", "moons", "csv"]  # the Train page's order
+    lab.check_dataset("moons")
+    with pytest.raises(lab.DatasetNotOffered) as err:
+        lab.check_dataset("mnist")
+    assert str(err.value) == ("This lab offers only the datasets digits, moons, csv (ASYMVIZ_DATASETS); "
+                              "'mnist' is not one of them.")
+
+
+@pytest.mark.parametrize("text, what", [("moons,imagenet", "unknown dataset(s) 'imagenet'"),
+                                        (" , ", "no dataset"), ("mnist,foo,bar", "unknown dataset(s) 'foo', 'bar'")])
+def test_a_bad_dataset_list_is_one_sentence(monkeypatch, text, what):
+    monkeypatch.setenv("ASYMVIZ_DATASETS", text)
+    with pytest.raises(ConfigError) as err:
+        lab.offered_datasets()
+    assert str(err.value) == (f"ASYMVIZ_DATASETS names {what}; use a comma-separated list of: "
+                              f"{', '.join(lab.all_datasets())}.")
+
+
+def test_passwords_compare_by_token():
+    assert lab.password_matches("sesame", "sesame")
+    assert not lab.password_matches("Sesame", "sesame") and not lab.password_matches("", "sesame")
+    assert "sesame" not in lab.password_token("sesame") and len(lab.password_token("x")) == 64
+
+
+def test_auth_mode(monkeypatch):
+    monkeypatch.delenv("ASYMVIZ_AUTH", raising=False)
+    assert lab.auth_mode() == "password"
+    monkeypatch.setenv("ASYMVIZ_AUTH", "OIDC")
+    assert lab.auth_mode() == "oidc"
+    monkeypatch.setenv("ASYMVIZ_AUTH", "ldap")
+    with pytest.raises(ConfigError, match="ASYMVIZ_AUTH must be 'oidc' or unset"):
+        lab.auth_mode()
+
+
+# ------------------------------------------------------------------------- pool status, machine
+
+class FakeRunner:
+    workers = 2
+
+    def __init__(self, pids):
+        self.pids = pids
+
+    def worker_pids(self):
+        return self.pids
+
+
+def test_pool_status_lists_live_workers_only(lab_home, monkeypatch):
+    monkeypatch.setenv("ASYMVIZ_HOME", str(lab_home))
+    assert lab.read_pool_status() is None
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lab.write_pool_status(FakeRunner([sleeper.pid, 999_999_999]))
+        status = lab.read_pool_status()
+        assert status["pid"] == os.getpid() and status["workers"] == 2 and status["pids"] == [sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert lab.read_pool_status()["pids"] == []  # a dead (reaped) worker is not listed
+    lab.clear_pool_status()
+    assert lab.read_pool_status() is None and not (lab_home / lab.POOL_FILE).exists()
+
+
+def test_machine_numbers():
+    assert lab.rss_mb(os.getpid()) > 10 and lab.rss_mb(999_999_999) is None
+    mem = lab.memory()
+    assert mem["total_mb"] > 0 and 0 <= mem["available_mb"] <= mem["total_mb"]
+    load = lab.load()
+    assert load["cores"] >= 1 and load["load_1"] >= 0
+
+
+def test_ended_runs_by_age_and_clearing_them(lab_home):
+    runner = Runner(lab_home / "asymviz.db", workers=0)
+    store = runner.store
+    ids = {}
+    for name, status in (("queued", "queued"), ("running", "running"), ("old", "finished"),
+                         ("new", "failed")):
+        ids[name] = store.create_run({"dataset": "moons"}, owner=name)
+        if status != "queued":
+            store.set_status(ids[name], "running")
+            if status != "running":
+                store.set_status(ids[name], status)
+    now = time.time()
+    with store._transaction() as db:  # the old run ended ten days ago
+        db.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (now - 10 * lab.DAY_S, ids["old"]))
+    assert [r["id"] for r in lab.ended_runs(store, 7)] == [ids["old"]]
+    assert {r["id"] for r in lab.ended_runs(store, 0)} == {ids["old"], ids["new"]}
+    assert lab.clear_ended_runs(runner, 7) == [ids["old"]]
+    assert lab.clear_ended_runs(runner, 0) == [ids["new"]]
+    assert {r["id"] for r in store.list_runs()} == {ids["queued"], ids["running"]}
+    store.close()
+
+
+# --------------------------------------------------------------------------- limits by environment
+
+@pytest.mark.parametrize("variable, value, first, second, sentence", [
+    ("ASYMVIZ_MAX_EPOCHS", "5", None, ["--epochs", "6"],
+     "error: This instance allows at most 5 epochs per run (ASYMVIZ_MAX_EPOCHS); this run asks for 6."),
+    ("ASYMVIZ_MAX_PARAMS", "1000", None, ["--hidden", "64,64"],
+     "error: This instance allows models of at most 1,000 parameters (ASYMVIZ_MAX_PARAMS); this one has 4,482, "
+     "so use fewer or narrower hidden layers."),
+    ("ASYMVIZ_MAX_RUNS_PER_OWNER", "1", ["--owner", "ana"], ["--owner", "ana"],
+     "error: ana already has 1 queued or running runs, the most this instance allows per person "
+     "(ASYMVIZ_MAX_RUNS_PER_OWNER); wait for one to finish or stop one."),
+    ("ASYMVIZ_MAX_QUEUE", "1", ["--owner", "ana"], ["--owner", "ben"],
+     "error: The queue is full: 1 runs are queued or running, the most this instance allows (ASYMVIZ_MAX_QUEUE); "
+     "try again when some have finished."),
+])
+def test_a_submit_over_a_limit_set_by_environment_is_refused_with_its_sentence(
+        lab_home, monkeypatch, capsys, variable, value, first, second, sentence):
+    for name in LAB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ASYMVIZ_HOME", str(lab_home))
+    monkeypatch.setenv(variable, value)
+    base = ["submit", "--dataset", "moons", "--epochs", "2", "--hidden", "8"]
+    if first is not None:
+        assert cli.main(base + first) == 0
+    capsys.readouterr()
+    assert cli.main(base + second) == 2
+    assert capsys.readouterr().err.strip() == sentence
+    with Store(lab_home / "asymviz.db") as store:
+        assert store.count(("queued",)) == (0 if first is None else 1)
+
+
+# ----------------------------------------------------------------------------- serve: start, stop
+
+def test_serve_refuses_a_bad_lab_configuration_before_starting_anything(lab_home, monkeypatch, capsys):
+    monkeypatch.setenv("ASYMVIZ_HOME", str(lab_home))
+    monkeypatch.setenv("ASYMVIZ_DATASETS", "moons,imagenet")
+    before = set(descendants(os.getpid()))
+    assert cli.main(["serve", "--port", str(free_port())]) == 2
+    assert "ASYMVIZ_DATASETS names unknown dataset(s) 'imagenet'" in capsys.readouterr().err
+    assert set(descendants(os.getpid())) <= before and not (lab_home / lab.POOL_FILE).exists()
+
+
+def start_serve(home, port, *flags, python=sys.executable, env=None):
+    return Tree([python, "-m", "asymviz", "serve", "--port", str(port), "--address", "127.0.0.1", *flags],
+                env or lab_env(home), home / "serve.log")
+
+
+def test_serve_runs_pool_and_server_as_one_tree_and_ctrl_c_stops_both(lab_home):
+    port = free_port()
+    tree = start_serve(lab_home, port, "--workers", "1")
+    try:
+        until(lambda: healthy(port) or tree.proc.poll() is not None, 180, "the health endpoint")
+        assert tree.proc.poll() is None, tree.output()
+        kids = descendants(tree.proc.pid)
+        [server] = [pid for pid in kids if "streamlit" in cmdline(pid)]
+        assert environ(server)["ASYMVIZ_EXTERNAL_WORKERS"] == "1"  # the server starts no pool of its own
+        status = until(lambda: lab.read_pool_status(lab_home / lab.POOL_FILE), 60, "the pool status file")
+        assert status["pid"] == tree.proc.pid and status["workers"] == 1
+        assert len(status["pids"]) == 1 and status["pids"][0] in kids
+        tree.proc.send_signal(signal.SIGINT)
+        assert tree.proc.wait(timeout=120) == 0, tree.output()
+        until(lambda: gone(kids), 30, "every process of the tree to exit")
+        assert not (lab_home / lab.POOL_FILE).exists()
+        assert "asymviz serve: stopped." in tree.output()
+    finally:
+        tree.kill()
+
+
+def test_serve_stops_its_workers_when_the_server_cannot_start(lab_home):
+    port = free_port()
+    with socket.socket() as taken:  # the port is in use: streamlit exits, so must the pool
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        tree = start_serve(lab_home, port, "--workers", "1")
+        try:
+            code = tree.proc.wait(timeout=240)
+            assert code != 0
+            assert "the Streamlit server exited with code" in tree.output()
+            assert not (lab_home / lab.POOL_FILE).exists()
+        finally:
+            tree.kill()
+
+
+# -------------------------------------------------------------------- the image's recipe, no Docker
+
+def cli_json(python, env, *args):
+    out = subprocess.run([python, "-m", "asymviz", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def submit(python, env, *flags) -> int:
+    out = subprocess.run([python, "-m", "asymviz", "submit", *flags], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[0])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(2400)
+def test_the_image_recipe_installs_serves_trains_and_stops_cleanly():
+    """scripts/install.sh into a fresh venv; scripts/entrypoint.sh; a run submitted through the
+    CLI finishes; SIGTERM (as `docker stop` sends) while a run trains: exit 0, the run is
+    `interrupted`, nothing is left `running`, and no process of the tree is left."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="asymviz-recipe-"))
+    venv, home = work / "venv", work / "data"
+    tree = None
+    try:
+        python3 = shutil.which("python3") or sys.executable
+        install_env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        install = subprocess.run(["bash", str(ROOT / "scripts/install.sh"), str(venv)], cwd=work,
+                                 env={**install_env, "TORCH_INDEX": "", "PYTHON": python3},
+                                 capture_output=True, text=True, timeout=1500)
+        assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-4000:]
+        assert "installed torch 2.13.0" in install.stdout
+
+        python = str(venv / "bin" / "python")
+        port = free_port()
+        env = lab_env(home, PORT=str(port), ASYMVIZ_WORKERS="1", VIRTUAL_ENV=str(venv),
+                      PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+        env.pop("PYTHONPATH", None)
+        tree = Tree(["bash", str(ROOT / "scripts/entrypoint.sh"), "--address", "127.0.0.1"], env,
+                    work / "entrypoint.log")
+        until(lambda: healthy(port) or tree.proc.poll() is not None, 300, "the health endpoint", every=1.0)
+        assert tree.proc.poll() is None, tree.output()
+        assert "asymviz" in cmdline(tree.proc.pid) and "bash" not in cmdline(tree.proc.pid)  # exec'd: the server is PID
+        assert (home / "asymviz.db").exists()
+
+        tiny = submit(python, env, *TINY, "--owner", "ci")
+        run = until(lambda: (r := cli_json(python, env, "runs", "show", str(tiny), "--json")["run"])["status"]
+                    not in ("queued", "running") and r, 600, "the tiny run to end", every=2.0)
+        assert run["status"] == "finished" and run["summary"]["test_acc"] is not None
+
+        long = submit(python, env, *LONG, "--owner", "ci")
+        until(lambda: (r := cli_json(python, env, "runs", "show", str(long), "--json")["run"])["status"] == "running"
+              and (r["progress"] or 0) > 0, 600, "the long run to train", every=2.0)
+        kids = descendants(tree.proc.pid)
+        [server] = [pid for pid in kids if "streamlit" in cmdline(pid)]
+        assert cmdline(server).startswith(python + " -m streamlit run")  # the fresh venv's (first on PATH)
+        assert environ(server)["ASYMVIZ_EXTERNAL_WORKERS"] == "1" and len(kids) >= 2  # the pool is serve's
+
+        tree.proc.send_signal(signal.SIGTERM)  # what `docker stop` sends to PID 1
+        assert tree.proc.wait(timeout=180) == 0, tree.output()
+        until(lambda: gone(kids), 60, "every process of the tree to exit")
+
+        runs = {r["id"]: r for r in cli_json(python, env, "runs", "list", "--json")}
+        assert [r for r in runs.values() if r["status"] == "running"] == []
+        assert runs[tiny]["status"] == "finished" and runs[long]["status"] == "interrupted"
+        assert "shut down" in runs[long]["error"]
+        log = tree.output()
+        assert "SIGTERM: stopping the dashboard, then the workers" in log and "asymviz serve: stopped." in log
+    finally:
+        if tree is not None:
+            tree.kill()
+        shutil.rmtree(work, ignore_errors=True)
