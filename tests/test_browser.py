@@ -29,8 +29,8 @@ WAIT_MS = 90_000  # generous: the machine may be busy; no timing is asserted
 
 # JavaScript: point counts of the traces of every plotly chart on the page, in page order
 # (_fullData holds the decoded arrays: plotly ships NumPy arrays base64-encoded).
-PLOT_POINTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(
-    d => (d._fullData || []).map(t => (t.x ? t.x.length : 0)))"""
+PLOT_LAST_X = """() => [...document.querySelectorAll('.js-plotly-plot')].map(
+    d => (d._fullData || []).map(t => (t.x && t.x.length ? Number(t.x[t.x.length - 1]) : 0)))"""
 TRACE_TYPES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(d => (d._fullData || []).map(t => t.type))"""
 PROGRESS = "() => [...document.querySelectorAll('[data-testid=stProgress]')].map(e => e.innerText).join(' ')"
 TABLE_ROWS = """() => [...document.querySelectorAll('[data-testid=stDataFrame] tbody tr')].map(
@@ -97,6 +97,8 @@ def server():
                 pass
             proc.wait(timeout=10)
         log.close()
+        ARTIFACTS.mkdir(exist_ok=True)  # the server's log, with its workers', for a failed CI run
+        shutil.copy(home / "server.log", ARTIFACTS / "browser-server.log")
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -127,8 +129,10 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name))
 
 
-def _loss_points(page) -> int:
-    charts = page.evaluate(PLOT_POINTS)
+def _loss_last_step(page) -> float:
+    """The step of the loss curve's last point (curves are downsampled to a bounded number of
+    points, so a growing run shows as a curve that reaches further, not as more points)."""
+    charts = page.evaluate(PLOT_LAST_X)
     return charts[0][0] if charts and charts[0] else 0
 
 
@@ -144,15 +148,15 @@ def _wait_for(page, predicate, what: str, timeout_s: float = WAIT_MS / 1000):
 
 
 def test_digits_run_trains_live_stops_and_shows_up_stopped(server, page):
-    page.goto(server + "/Train?dataset=digits&epochs=400&seed=7")
+    page.goto(server + "/Train?dataset=digits&hidden=1024,1024&epochs=400&seed=7")  # long enough to stop
     start = page.get_by_role("button", name="Start")
     start.wait_for()
     assert "seed=7" in page.url and "epochs=400" in page.url  # the config lives in the URL
     start.click()
     page.wait_for_url("**run=*")
     run_id = page.url.split("run=")[1].split("&")[0]
-    first = _wait_for(page, lambda: _loss_points(page), "the first plotted point")
-    _wait_for(page, lambda: _loss_points(page) > first, "the curve to gain points")
+    first = _wait_for(page, lambda: _loss_last_step(page), "the first plotted point")
+    _wait_for(page, lambda: _loss_last_step(page) > first, "the curve to advance")
     _shot(page, "train-digits-live.png")
 
     page.get_by_role("button", name="Stop").click()
