@@ -122,8 +122,14 @@ def refresh_seconds() -> float:
 
 @st.cache_resource(show_spinner="Starting the training workers ...")
 def _runner(path: str):
+    from asymviz.experiment import Feeder
     from asymviz.jobs import get_runner
-    return get_runner(path)
+
+    runner = get_runner(path)
+    # One thread per server feeds every launched experiment's cells to the queue, so an
+    # experiment goes on with its tab closed, and again after a server restart.
+    Feeder(runner).start()
+    return runner
 
 
 def runner():

@@ -1,7 +1,7 @@
 """Experiment page: test the thesis. Every strategy against dropout, over seeds, with verdicts.
 
 Pick a preset or a custom grid in the sidebar and launch it; its cells run in the background
-worker pool, fed by a server-side thread, so closing the tab does not stop an experiment and
+worker pool, fed by a server-side thread (started with the runner in ui_common), so closing the tab does not stop an experiment and
 `?exp=ID` (or the picker) reopens it. Progress is a live fragment; the results are the figures
 against sparsity, the learning curves of one cell, the verdict table and the report downloads.
 All of it comes from `asymviz.experiment` (the same code as `python -m asymviz experiment`).
@@ -25,12 +25,6 @@ FIELDS = {  # widget key -> spec field
     "exp_sparsities": "sparsities", "exp_conn": "conn_sparsity", "exp_dropouts": "dropouts", "exp_seeds": "seeds",
     "exp_budget": "budget", "exp_epochs": "epochs", "exp_max_epochs": "max_epochs", "exp_patience": "patience",
 }
-
-
-@st.cache_resource(show_spinner=False)
-def _feeder(path: str) -> ex.Feeder:
-    """One thread per server keeps every launched experiment fed, with or without open tabs."""
-    return ex.Feeder(ui_common.runner()).start()
 
 
 def widget_values(spec: ex.ExperimentSpec) -> dict:
@@ -63,7 +57,6 @@ def report_file(path: str, exp_id: str, version: tuple, name: str) -> str:
     return ex.render_report(ui_common.store(), exp_id)[name]
 
 
-_feeder(str(ui_common.home_folder()))
 store = ui_common.store()
 
 # ------------------------------------------------------------------------------------ sidebar
