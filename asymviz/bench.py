@@ -30,13 +30,13 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from asymviz.errors import ConfigError
 from asymviz.model import MLP, parse_architecture
 from asymviz.optim import AsymmetricOptimizer, OPTIMIZERS
 from asymviz.sparse import PATHS, check_sparsity, keep_count
 from asymviz.strategies import GRANULARITIES, check_choice, get_strategy
+from asymviz.train import timed_step
 
 COLUMNS = [  # (key, header, format) of the text table
     ("strategy", "strategy", "{}"), ("sparsity", "sparsity", "{:g}"), ("keep", "keep", "{}"),
@@ -84,19 +84,6 @@ def _timer(device: torch.device, clock: str = "wall"):
             return time.perf_counter()
         return now
     return time.perf_counter
-
-
-def _step(model, optimizer, x, y, now) -> tuple[float, float, float]:
-    """One training step; (forward, backward, optimizer) seconds."""
-    t0 = now()
-    loss = F.cross_entropy(model(x), y)
-    t1 = now()
-    optimizer.zero_grad()
-    loss.backward()
-    t2 = now()
-    optimizer.step()
-    t3 = now()
-    return t1 - t0, t2 - t1, t3 - t2
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -167,7 +154,7 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
             if r % 2:
                 order = order[::-1]  # alternate who goes first
             for name, model, opt in order:
-                t = _step(model, opt, x, y, now)
+                t = timed_step(model, opt, x, y, now)[2]
                 if r >= warmup:
                     times[name].append(t)
         med = {name: [statistics.median(t[i] for t in ts) * 1e3 for i in range(3)] for name, ts in times.items()}
@@ -226,7 +213,7 @@ def symmetric_overhead(widths: list[int] = [2048, 2048], batch: int = 128, n_in:
     for r in range(warmup + repeats):
         order = (("nn", plain, opt_p), ("asym", asym, opt_a))
         for name, model, opt in (order if r % 2 else order[::-1]):
-            t = _step(model, opt, x, y, now)
+            t = timed_step(model, opt, x, y, now)[2]
             if r >= warmup:
                 times[name].append(t)
     bwd = {k: statistics.median(t[1] for t in ts) * 1e3 for k, ts in times.items()}

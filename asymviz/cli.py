@@ -530,7 +530,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stops the server, then the pool: running runs end `interrupted`, never left `running`."""
     import signal
     import subprocess
-    import time
     from pathlib import Path
 
     from asymviz import lab

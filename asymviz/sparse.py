@@ -356,14 +356,19 @@ def _backward_batch(g, a, w, opts: SparseOptions, state: LayerState, need, node=
         if need[1]:
             grad_w = _weight_grad(w, node, state, idx, full=full)
         grad_b = gm.sum(0) if need[2] else None
-    state.weight_support = Support(rows=idx, cols=cols, mask=conn)
-    state.bias_support = Support(rows=idx)
-    state.kept_fraction = k / n_out
-    state.path = "compact" if compact else "dense-fallback"
+    _note(state, idx, cols, conn, k / n_out, compact)
     if state.record:
         counts = torch.zeros(n_out, dtype=torch.int32, device=g.device).index_fill_(0, idx, B)
         state.last = MaskRecord(n_out, n_in, idx, counts, B, conn_mask=conn, conn_cols=cols)
     return grad_a, grad_w, grad_b
+
+
+def _note(state: LayerState, rows, cols, conn, kept_fraction: float, compact: bool) -> None:
+    """What the last backward did: its gradient support (for the lazy optimizer), kept fraction, path."""
+    state.weight_support = Support(rows=rows, cols=cols, mask=conn)
+    state.bias_support = Support(rows=rows)
+    state.kept_fraction = kept_fraction
+    state.path = "compact" if compact else "dense-fallback"
 
 
 def _backward_example(g, a, w, opts: SparseOptions, state: LayerState, need, node=None):
@@ -407,10 +412,7 @@ def _backward_example(g, a, w, opts: SparseOptions, state: LayerState, need, nod
         if need[1]:
             grad_w = _weight_grad(w, node, state, rows, full=full)
     grad_b = gm.sum(0) if need[2] else None
-    state.weight_support = Support(rows=rows, cols=cols, mask=conn)
-    state.bias_support = Support(rows=rows)
-    state.kept_fraction = k / n_out
-    state.path = "compact" if compact else "dense-fallback"
+    _note(state, rows, cols, conn, k / n_out, compact)
     if state.record:
         kept = counts.topk(k, sorted=False).indices.sort().values
         conn_mask = conn.index_select(0, torch.searchsorted(rows, kept)) if conn is not None else None

@@ -226,6 +226,20 @@ def predict_grid(model: MLP, x: torch.Tensor, resolution: int = 60, margin: floa
     return {"x": xs.tolist(), "y": ys.tolist(), "prob": prob.reshape(resolution, resolution, -1).tolist()}
 
 
+def timed_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, now) -> tuple:
+    """One training step: (logits, loss, (forward, backward, optimizer) seconds by `now`)."""
+    t0 = now()
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    t1 = now()
+    optimizer.zero_grad()
+    loss.backward()
+    t2 = now()
+    optimizer.step()
+    t3 = now()
+    return out, loss, (t1 - t0, t2 - t1, t3 - t2)
+
+
 def _mean(values: list[float]) -> float | None:
     if len(values) > 2 * WARMUP_STEPS:
         values = values[WARMUP_STEPS:]
@@ -272,23 +286,15 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None) 
         for i in range(steps_per_epoch):
             batch = order[i * config.batch_size : (i + 1) * config.batch_size]
             xb, yb = x_train.index_select(0, batch), y_train.index_select(0, batch)
-            t0 = now()
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            t1 = now()
-            optimizer.zero_grad()
-            loss.backward()
-            t2 = now()
-            optimizer.step()
-            t3 = now()
+            out, loss, (t_fwd, t_bwd, t_opt) = timed_step(model, optimizer, xb, yb, now)
             ctx.step += 1
             loss_value = loss.item()
             record = {
                 "step": ctx.step, "epoch": epoch,
                 "train/loss": loss_value,
                 "train/batch_acc": (out.argmax(1) == yb).float().mean().item(),
-                "time/forward_ms": (t1 - t0) * 1e3, "time/backward_ms": (t2 - t1) * 1e3,
-                "time/optimizer_ms": (t3 - t2) * 1e3, "time/step_ms": (t3 - t0) * 1e3,
+                "time/forward_ms": t_fwd * 1e3, "time/backward_ms": t_bwd * 1e3,
+                "time/optimizer_ms": t_opt * 1e3, "time/step_ms": (t_fwd + t_bwd + t_opt) * 1e3,
             }
             for j, frac in enumerate(model.kept_fractions()):
                 record[f"kept/layer{j}"] = frac

@@ -11,7 +11,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 import urllib.request
 
 import pytest
+from helpers import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -52,19 +52,13 @@ def _require_browser():
         pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     """The dashboard as a user runs it; killed (with its workers) when the module ends. Its
     ASYMVIZ_HOME comes from tempfile (a concurrent pytest may prune tmp_path folders)."""
     _require_browser()
     home = pathlib.Path(tempfile.mkdtemp(prefix="asymviz-browser-"))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ASYMVIZ_HOME": str(home), "ASYMVIZ_WORKERS": "2"}
     env.pop("ASYMVIZ_EXTERNAL_WORKERS", None)
     log = open(home / "server.log", "wb")

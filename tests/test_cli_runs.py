@@ -8,25 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from asymviz import cli
 from asymviz.store import Store
+from helpers import until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def until(predicate, timeout=60.0, every=0.1, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def run_cli(env, *args, timeout=120):

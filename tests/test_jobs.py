@@ -21,6 +21,7 @@ from asymviz.jobs import (GRID_KIND, INTERRUPTED_BY_PARENT, INTERRUPTED_BY_SHUTD
 from asymviz.sparse import MaskRecord
 from asymviz.store import RunStateError, Store, unpack_mask
 from asymviz.train import Callback, TrainConfig, fit, predict_grid
+from helpers import until
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -56,17 +57,6 @@ def path(tmp_path):
 def store(path):
     with Store(path) as s:
         yield s
-
-
-def until(predicate, timeout=60.0, every=0.05, what="the condition"):
-    """Poll until predicate() is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def claimed(store, config, pid=None, host=HOST, owner="ana"):

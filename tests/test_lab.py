@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import pytest
 
@@ -26,6 +25,7 @@ from asymviz.errors import ConfigError
 from asymviz.jobs import Runner
 from asymviz.store import Store
 from conftest import ROOT
+from helpers import free_port, healthy, until
 
 TINY = ["--dataset", "moons", "--hidden", "8", "--epochs", "2"]
 LONG = ["--dataset", "digits", "--hidden", "512,512", "--epochs", "400"]  # minutes: stopped long before
@@ -35,30 +35,6 @@ LAB_VARIABLES = ("ASYMVIZ_EXTERNAL_WORKERS", "ASYMVIZ_PASSWORD", "ASYMVIZ_INSTRU
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-def until(predicate, timeout, what, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=3) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
-
 
 def children() -> dict[int, list[int]]:
     """parent pid -> child pids, from /proc."""
