@@ -10,7 +10,7 @@ chosen strategy with the lazy update. Both start from the same weights and see t
 Dense and sparse steps alternate inside one loop (warm-up first), so drift on a shared machine
 hits both; each reported time is the median over the repeats. On CUDA every timer synchronizes.
 "backward" is `optimizer.zero_grad()` + `loss.backward()`: setting grads to None is free for the
-dense baseline, re-zeroing the rows of the persistent gradient buffer is not, so it is counted.
+dense baseline; the sparse backward re-zeroes the stale rows of its reused gradient storage, and that is counted.
 
 The ideal speedup is the FLOP ratio of the backward for the whole network (matmuls only):
 

@@ -11,9 +11,10 @@ Parameters of layers whose backward is dense (the output layer, symmetric strate
 parameter under `dense` use PyTorch's own optimizer with fused kernels where available (the
 non-fused CPU Adam was measured to erase the sparse gain).
 
-Speed (DESIGN.md §5): the lazy step costs what the kept rows cost. `zero_grad()` keeps each lazy
-layer's weight gradient as a persistent buffer and re-zeroes only the rows the last backward
-wrote; Adam on whole rows (`neuron`) gathers the kept rows into reused buffers, updates them in
+Speed (DESIGN.md §5): the lazy step costs what the kept rows cost. `zero_grad()` hands each lazy
+layer's weight-gradient storage back to the layer for reuse (`reset_weight_grad`); Adam on whole
+rows (`neuron`) takes the kept rows of the gradient as the backward computed them (or gathers
+them if `.grad` was edited since), gathers the moments into reused buffers, updates them in
 place with one step count per neuron (bias-correction coefficients looked up in a table) and
 scatters them back. Row x column blocks (`refined`) and masks (`excessive`) take the general path.
 """
@@ -86,10 +87,9 @@ class _Block:
 class AsymmetricOptimizer:
     """SGD, SGD+momentum or Adam over a model; asymmetric layers get the lazy update.
 
-    zero_grad() keeps the weight gradient of each lazy layer as a persistent buffer and re-zeroes
-    only the rows the last backward wrote (`asymviz.sparse.reset_weight_grad`): after it that
-    `p.grad` is a zero tensor rather than None (unless the layer's last backward took the dense
-    fallback; every other parameter follows `set_to_none`).
+    zero_grad() follows `set_to_none` for every parameter; a lazy layer's weight-gradient storage
+    is kept for its next backward, which re-zeroes only the rows it does not overwrite
+    (`asymviz.sparse.reset_weight_grad`).
     step() skips a lazy layer that had no backward since zero_grad(), as PyTorch skips None grads.
     """
 
@@ -124,7 +124,7 @@ class AsymmetricOptimizer:
         for p in self.params:
             layer = self._buffers.get(id(p))
             if layer is not None:
-                reset_weight_grad(p, layer.state)
+                reset_weight_grad(p, layer.state, set_to_none)
                 self._seen[id(layer)] = layer.state.backwards
             elif set_to_none:
                 p.grad = None
@@ -144,7 +144,7 @@ class AsymmetricOptimizer:
             rowwise = kind == "bias" or layer.options.connection is None  # supports are whole rows
             if self.name == "adam" and kind == "weight" and rowwise and support.mask is None and support.cols is None:
                 bias = layer.bias if layer.bias is not None and layer.bias.grad is not None else None
-                self._adam_layer(p, bias, support.rows)  # weight and bias rows together
+                self._adam_layer(p, bias, support.rows, self._block(p, layer))  # weight and bias rows together
                 done.update((id(p), id(bias)))
             else:
                 flat = None
@@ -209,7 +209,15 @@ class AsymmetricOptimizer:
         numel = math.prod(shape)
         return torch.index_select(t, 0, rows, out=self._buffer(p, name, numel, t.dtype)[:numel].view(shape))
 
-    def _adam_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor) -> None:
+    @staticmethod
+    def _block(p: torch.Tensor, layer: AsymmetricLinear) -> torch.Tensor | None:
+        """The rows of p.grad the last backward wrote, as it computed them (None: gather them)."""
+        state = layer.state
+        block, state.grad_block = state.grad_block, None  # handed over once: the step writes into it
+        return block if state.owns(p.grad) else None
+
+    def _adam_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
+                    block: torch.Tensor | None = None) -> None:
         """Adam on whole rows of a layer's weight and bias (the `neuron` case), row step counts shared.
 
         The same update as `_lazy_step`, rearranged so that every (k, n_in) pass is in place and
@@ -221,7 +229,7 @@ class AsymmetricOptimizer:
         t = s["step"].index_select(0, rows).add_(1)  # (k, 1)
         s["step"].index_copy_(0, rows, t)
         scale, shift = (c.index_select(0, t.view(-1)).view_as(t) for c in self._adam_table(weight))  # (k, 1)
-        self._adam_rows(weight, s, rows, scale, shift)
+        self._adam_rows(weight, s, rows, scale, shift, block)
         if bias is not None:
             sb = self._state(bias, True)
             sb["step"] = s["step"].view(-1)  # the bias rows are the weight rows: one count per neuron
@@ -242,9 +250,10 @@ class AsymmetricOptimizer:
         return table
 
     def _adam_rows(self, p: torch.Tensor, s: dict[str, torch.Tensor], rows: torch.Tensor,
-                   scale: torch.Tensor, shift: torch.Tensor) -> None:
+                   scale: torch.Tensor, shift: torch.Tensor, block: torch.Tensor | None = None) -> None:
+        """block: p.grad[rows] as the backward computed it (private to the layer: used as scratch)."""
         b1, b2 = self.betas
-        g = self._gather(p, p.grad, rows, "g")  # (k, n_in)   only the rows that received gradient
+        g = block if block is not None else self._gather(p, p.grad, rows, "g")  # (k, n_in) rows with gradient
         if self.weight_decay:
             g.add_(p.index_select(0, rows), alpha=self.weight_decay)
         m = self._gather(p, s["exp_avg"], rows, "m").lerp_(g, 1 - b1)  # b1 m + (1 - b1) g

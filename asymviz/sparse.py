@@ -24,12 +24,14 @@ Two ways to compute the same masked result (DESIGN.md §5), chosen per layer by 
   product, since the union of kept neurons usually covers the whole layer.
 `SparseOptions.path` forces one of them (tests check that both give the same gradients).
 
-The weight gradient is handed to autograd as only its k non-zero rows (a sparse COO tensor)
-when the weight already holds a dense `.grad`: autograd then adds k rows into it in place
-instead of n_out. `AsymmetricOptimizer.zero_grad` keeps that buffer and re-zeroes only the
-rows written since (`reset_weight_grad`), so no step allocates or clears a full dW.
-`p.grad` is always the dense, correct masked gradient after `backward()`; only a tensor hook
-on the weight sees the sparse form (and `torch.autograd.grad` gets a dense one). Temporaries
+No step allocates or clears a full dW: `AsymmetricOptimizer.zero_grad` (`reset_weight_grad`)
+sets `.grad` to None and keeps its storage in the layer state; the next backward re-zeroes the
+rows it does not overwrite, copies the k new rows in and returns that tensor, which autograd
+takes over as `.grad` without a copy. When `.grad` already holds a gradient (accumulation over
+several backwards) the k rows go out as a sparse COO tensor, so autograd's add touches k rows.
+`p.grad` is always the dense, correct masked gradient after `backward()` (and
+`torch.autograd.grad` gets a dense one). The compact dW rows also stay in the state
+(`grad_block`) for the optimizer, which uses them only while `.grad` is unchanged. Temporaries
 that never leave the backward (|g|, W[kept]) live in storage reused from step to step.
 Nothing here is CPU-specific: on CUDA the same kernels run, with no host synchronization in
 `batch` granularity (`example` needs one for the size of the kept union).
@@ -155,12 +157,36 @@ class LayerState:
         self.kept_fraction = 1.0  # kept neurons / n_out of the last backward
         self.path: str | None = None  # "compact" | "dense-fallback" of the last backward
         self.backwards = 0  # backward passes so far (the optimizer skips layers without a new one)
-        # The persistent weight-gradient buffer: the `.grad` tensor known to be zero outside
-        # `_grad_rows` while its version counter is `_grad_version` (any other write: unknown).
-        self._grad: torch.Tensor | None = None
+        # The persistent weight-gradient buffer. While it is `.grad`: its storage (not the tensor:
+        # autograd takes over without a copy only a gradient tensor nobody else holds), known to
+        # be zero outside `_grad_rows` while its version counter is `_grad_version` (any other
+        # write: unknown). After `reset_weight_grad(set_to_none=True)`: held here as `_stash`.
+        self._grad_storage = None
         self._grad_version = -1
         self._grad_rows: list[torch.Tensor] = []
+        self._stash: torch.Tensor | None = None
+        self._stash_rows: list[torch.Tensor] = []
+        # The last compact dW block (its rows of `.grad`, same values), for the optimizer to
+        # read instead of gathering them again; valid while `.grad` is unchanged.
+        self.grad_block: torch.Tensor | None = None
         self._scratch: dict[str, torch.Tensor] = {}  # reusable storage for internal temporaries
+
+    def owns(self, grad: torch.Tensor | None) -> bool:
+        """True when `grad` is this layer's buffer, unchanged since the layer last wrote it."""
+        held = self._grad_storage
+        return (grad is not None and held is not None and grad._version == self._grad_version
+                and grad.layout == torch.strided and grad.is_contiguous() and grad.storage_offset() == 0
+                and grad.untyped_storage().data_ptr() == held.data_ptr() and grad.nbytes == held.nbytes())
+
+    def _track(self, buf: torch.Tensor, rows: list[torch.Tensor], block: torch.Tensor | None) -> None:
+        self._grad_storage = buf.untyped_storage()
+        self._grad_version = buf._version
+        self._grad_rows = rows
+        self.grad_block = block
+
+    def _forget(self) -> None:
+        self._grad_storage, self._grad_rows, self.grad_block = None, [], None
+        self._stash, self._stash_rows = None, []
 
 
 def _scratch(state: LayerState, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
@@ -213,61 +239,86 @@ def _active_columns(a: torch.Tensor, kc: int, state: LayerState) -> torch.Tensor
 
 # ----------------------------------------------------------------------------- gradient delivery
 
-def _accumulates_into_grad(weight: torch.Tensor, node) -> bool:
-    """True when autograd will add our weight gradient into an existing dense `weight.grad`."""
+def _will_accumulate(weight: torch.Tensor, node) -> bool:
+    """True when autograd will accumulate our weight gradient into `weight.grad` (not torch.autograd.grad)."""
     if not weight.is_leaf or torch.is_grad_enabled():
         return False
-    buf = weight.grad
-    if buf is None or buf.layout != torch.strided or buf.shape != weight.shape or buf.dtype != weight.dtype:
-        return False
-    try:  # inside torch.autograd.grad() nothing is accumulated: deliver a plain dense gradient
+    try:
         return bool(torch._C._will_engine_execute_node(node))
     except Exception:
         return False
 
 
-def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None, full=None):
+def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None, full=None, cols=None):
     """What the backward returns for W, whose non-zero rows are `rows`.
 
-    block: those rows, (k, n_in) (compact path); full: the whole (n_out, n_in) gradient (dense).
-    When autograd will add into an existing `.grad`, a sparse COO tensor of the k rows makes that
-    add touch k rows; the buffer bookkeeping records them so `reset_weight_grad` clears only those.
+    block: those rows, (k, n_in), or for `refined` only their kept columns, (k, kc) (compact
+    path); full: the whole (n_out, n_in) gradient (dense path).
+    - `.grad` is None (after `reset_weight_grad`) and a buffer is stashed: the rows the last step
+      wrote and this one does not are re-zeroed, the new rows copied in, and the buffer returned
+      dense; autograd takes it over as `.grad` without a copy (nobody else holds it).
+    - `.grad` is this layer's dense buffer (gradients accumulating over several backwards): a
+      sparse COO tensor of the k rows, so that autograd's add touches k rows, not n_out.
+    - otherwise (torch.autograd.grad, a first step, a foreign `.grad`): a fresh dense gradient.
     """
-    if _accumulates_into_grad(weight, node):
-        buf = weight.grad
-        if buf is state._grad and buf._version == state._grad_version:
-            state._grad_rows.append(rows)
+    if full is not None:
+        if _will_accumulate(weight, node) and weight.grad is not None:
+            state._forget()  # most rows written: the next reset lets go of it
+        return full
+    if cols is not None:  # refined: widen the (k, kc) block to whole rows (zero outside cols)
+        wide = block.new_zeros(len(rows), weight.shape[1])
+        block = wide.index_copy_(1, cols, block)
+    if not _will_accumulate(weight, node):
+        return block.new_zeros(weight.shape).index_copy_(0, rows, block)  # fresh dense dW
+    grad = weight.grad
+    if grad is None:
+        buf, stale = state._stash, state._stash_rows
+        state._stash, state._stash_rows = None, []
+        if buf is None or buf.shape != weight.shape or buf.dtype != block.dtype or buf.device != block.device:
+            buf = block.new_zeros(weight.shape)
+        else:
+            for old in stale:  # rows written last step and not overwritten now
+                buf.index_fill_(0, old[~torch.isin(old, rows)], 0.0)
+        buf.index_copy_(0, rows, block)
+        state._track(buf, [rows], block)
+        return buf
+    if grad.layout == torch.strided and grad.shape == weight.shape and grad.dtype == block.dtype:
+        if state.owns(grad):
+            state._track(grad, state._grad_rows + [rows], None)
             state._grad_version += 1  # autograd's in-place add
         else:
-            state._grad = None  # contents unknown: the next reset clears it whole
-        if block is not None:
-            return torch.sparse_coo_tensor(rows.unsqueeze(0), block, weight.shape, is_coalesced=True,
-                                           check_invariants=False)
-        return full
-    if full is not None:
-        return full
-    return block.new_zeros(weight.shape).index_copy_(0, rows, block)  # fresh dense dW
+            state._forget()  # contents unknown: the next reset clears it whole
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), block, weight.shape, is_coalesced=True,
+                                       check_invariants=False)
+    return block.new_zeros(weight.shape).index_copy_(0, rows, block)
 
 
-def reset_weight_grad(weight: torch.Tensor, state: LayerState) -> None:
-    """Zero `weight.grad` in place, re-zeroing only the rows written since the last reset.
+def reset_weight_grad(weight: torch.Tensor, state: LayerState, set_to_none: bool = True) -> None:
+    """Zero a lazy layer's `weight.grad`, keeping its storage for the next backward.
 
-    Falls back to zeroing it whole when the tensor is new or was written by anything else
-    (its version counter tells). Afterwards the buffer is known clean. After a dense-fallback
-    backward (most rows written) it sets `.grad` to None instead: the next full gradient is
-    then taken over by autograd as is, as for any dense layer.
+    set_to_none (default, like PyTorch): `.grad` becomes None and the buffer is stashed in the
+    layer state; the next backward re-zeroes only the rows it does not overwrite. Otherwise
+    `.grad` stays a tensor, zeroed in place: only the rows written since the last reset when
+    the buffer is known (its version counter tells), whole otherwise. After a dense-fallback
+    backward (most rows written) nothing is kept: the next gradient is autograd's own.
     """
     buf = weight.grad
-    if buf is None or buf.layout != torch.strided or state.path == "dense-fallback":
-        weight.grad = None
-        state._grad, state._grad_rows = None, []
+    if buf is None:
         return
-    if buf is state._grad and buf._version == state._grad_version:
-        for rows in state._grad_rows:
-            buf.index_fill_(0, rows, 0.0)
+    known = state.owns(buf) and buf.layout == torch.strided and state.path != "dense-fallback"
+    rows = state._grad_rows
+    state._forget()
+    if set_to_none:
+        weight.grad = None
+        if known:
+            state._stash, state._stash_rows = buf, rows
+        return
+    if known:
+        for r in rows:
+            buf.index_fill_(0, r, 0.0)
     else:
         buf.zero_()
-    state._grad, state._grad_version, state._grad_rows = buf, buf._version, []
+    state._track(buf, [], None)
 
 
 # ----------------------------------------------------------------------------- the two paths

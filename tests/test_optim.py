@@ -123,11 +123,13 @@ def test_bad_optimizer_names(kwargs, match):
 
 @pytest.mark.parametrize("strategy,granularity", [("neuron", "batch"), ("neuron", "example"), ("refined", "batch")])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_lazy_adam_matches_float64_reference_on_every_support_kind(strategy, granularity, weight_decay):
-    """Rows (the in-place fast path, per-row step counts) and row x column blocks."""
+@pytest.mark.parametrize("path", ["compact", "dense"])
+def test_lazy_adam_matches_float64_reference_on_every_support_kind(strategy, granularity, weight_decay, path):
+    """Rows (the in-place fast path, per-row step counts, the backward's dW block) and row x column blocks."""
     torch.manual_seed(2)
     model = MLP(7, [16], 3, strategy=strategy, sparsity=0.75, conn_sparsity=0.5, granularity=granularity)
     layer = model.linears[0]
+    layer.options = dataclasses.replace(layer.options, path=path)
     lr, (b1, b2), eps = 0.05, (0.9, 0.999), 1e-8
     opt = AsymmetricOptimizer(model, "adam", lr=lr, weight_decay=weight_decay)
     w = layer.weight.detach().double().clone()
@@ -153,7 +155,7 @@ def test_lazy_adam_matches_float64_reference_on_every_support_kind(strategy, gra
 
 
 @pytest.mark.parametrize("path", ["compact", "dense"])
-def test_zero_grad_keeps_the_buffer_zeroed_and_step_without_backward_is_a_no_op(path):
+def test_zero_grad_stashes_the_buffer_and_step_without_backward_is_a_no_op(path):
     torch.manual_seed(0)
     model = MLP(6, [20], 3, strategy="neuron", sparsity=0.8)
     opt = AsymmetricOptimizer(model, "adam", lr=0.1)
@@ -162,11 +164,40 @@ def test_zero_grad_keeps_the_buffer_zeroed_and_step_without_backward_is_a_no_op(
     nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
     opt.step()
     opt.zero_grad()
-    if path == "compact":  # the persistent buffer, zeroed
-        assert layer.weight.grad is not None and torch.count_nonzero(layer.weight.grad) == 0
-    else:  # after a dense-fallback backward: released, like every other gradient
-        assert layer.weight.grad is None
+    assert layer.weight.grad is None  # set_to_none, as for every parameter ...
+    assert (layer.state._stash is not None) == (path == "compact")  # ... the compact path keeps the storage
+    opt.zero_grad(set_to_none=False)  # a second zero_grad changes nothing
+    assert layer.weight.grad is None and (layer.state._stash is not None) == (path == "compact")
     assert model.linears[1].weight.grad is None  # other parameters follow set_to_none
     before = layer.weight.detach().clone()
     opt.step()  # no backward since zero_grad: nothing moves (Adam's momentum included)
     assert torch.equal(layer.weight, before)
+
+
+@pytest.mark.parametrize("edit", ["in place", "replaced"])
+def test_adam_reads_an_edited_gradient_not_the_backwards_copy(edit):
+    """The row fast path reuses the backward's dW block only while .grad is untouched (e.g. no clipping)."""
+    def run(scale_loss: bool):
+        torch.manual_seed(3)
+        model = MLP(7, [16], 3, strategy="neuron", sparsity=0.75)
+        layer = model.linears[0]
+        layer.options = dataclasses.replace(layer.options, path="compact")
+        opt = AsymmetricOptimizer(model, "adam", lr=0.1, eps=1.0)  # a large eps: Adam's step depends on |g|
+        for _ in range(3):
+            x, y = torch.randn(6, 7), torch.randint(0, 3, (6,))
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            (loss * 0.5 if scale_loss else loss).backward()
+            if not scale_loss:
+                assert layer.state.grad_block is not None  # what the optimizer would otherwise reuse
+                if edit == "in place":
+                    layer.weight.grad.mul_(0.5)
+                else:
+                    layer.weight.grad = layer.weight.grad * 0.5
+                for p in model.parameters():
+                    if p is not layer.weight:
+                        p.grad.mul_(0.5)
+            opt.step()
+        return layer.weight.detach()
+
+    torch.testing.assert_close(run(scale_loss=False), run(scale_loss=True), rtol=0, atol=0)

@@ -233,28 +233,48 @@ def test_auto_path_is_recorded():
 @pytest.mark.parametrize("strategy", list(STRATEGY_CONNECTION))
 @pytest.mark.parametrize("path", ["compact", "dense"])
 def test_persistent_grad_buffer_gives_each_steps_gradient(strategy, path):
-    """reset_weight_grad re-zeroes only last step's rows; every step's .grad is still exact."""
+    """reset_weight_grad keeps the storage and the next backward re-zeroes only stale rows; every step's .grad is exact."""
     opts = SparseOptions(sparsity=0.75, conn_sparsity=0.5 if strategy != "neuron" else 0.0,
                          connection=STRATEGY_CONNECTION[strategy], path=path)
     torch.manual_seed(4)
     w = torch.randn(12, 9, requires_grad=True)
     state = LayerState()
-    buffer = None
+    storage = None  # the address only: holding the tensor itself would make autograd copy it
     for step in range(4):
         reset_weight_grad(w, state)
+        assert w.grad is None  # set_to_none, as PyTorch's optimizers do
+        assert (state._stash is not None) == (path == "compact" and step > 0)  # storage kept for reuse
         a, g = torch.randn(6, 9), torch.randn(6, 12)
         asymmetric_linear(a, w, None, opts, state).backward(g)
         assert w.grad.layout == torch.strided
-        if path == "compact":  # the same dense tensor every step, only its rows re-zeroed
-            buffer = w.grad if buffer is None else buffer
-            assert w.grad is buffer
-        else:  # after a dense-fallback backward the reset lets go of it: autograd takes the next one as is
-            assert w.grad is not buffer
-            buffer = w.grad
+        if path == "compact":  # the same storage every step, taken over by autograd without a copy
+            storage = w.grad.data_ptr() if storage is None else storage
+            assert w.grad.data_ptr() == storage
         _, dW, _ = reference_backward(g, a, w.detach(), opts)
         torch.testing.assert_close(w.grad.double(), dW, rtol=1e-5, atol=1e-5)
-    if path == "compact":
-        assert state._grad is buffer  # the fast bookkeeping held: only rows were re-zeroed
+    assert state.owns(w.grad) == (path == "compact")  # the fast bookkeeping held: only rows were re-zeroed
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGY_CONNECTION))
+def test_reset_without_set_to_none_zeroes_in_place_and_accumulation_stays_exact(strategy):
+    """zero_grad(set_to_none=False): the same tensor, zeroed; the next backward adds k rows into it."""
+    opts = SparseOptions(sparsity=0.75, conn_sparsity=0.5 if strategy != "neuron" else 0.0,
+                         connection=STRATEGY_CONNECTION[strategy], path="compact")
+    torch.manual_seed(5)
+    w = torch.randn(12, 9, requires_grad=True)
+    state = LayerState()
+    asymmetric_linear(torch.randn(6, 9), w, None, opts, state).backward(torch.randn(6, 12))
+    first = w.grad
+    for step in range(3):
+        reset_weight_grad(w, state, set_to_none=False)
+        assert w.grad is first and torch.count_nonzero(w.grad) == 0
+        expected = 0
+        for _ in range(2):  # two backwards accumulate
+            a, g = torch.randn(6, 9), torch.randn(6, 12)
+            asymmetric_linear(a, w, None, opts, state).backward(g)
+            expected = expected + reference_backward(g, a, w.detach(), opts)[1]
+        assert w.grad is first
+        torch.testing.assert_close(w.grad.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_grad_accumulates_across_backwards_without_reset():
@@ -275,8 +295,14 @@ def test_foreign_write_to_grad_triggers_a_full_reset():
         reset_weight_grad(w, state)
         asymmetric_linear(torch.randn(4, 6), w, None, opts, state).backward(torch.randn(4, 10))
     w.grad.add_(1.0)  # e.g. a user's own gradient edit: every entry is now non-zero
-    reset_weight_grad(w, state)
+    reset_weight_grad(w, state, set_to_none=False)
     assert torch.count_nonzero(w.grad) == 0
+    w.grad.add_(1.0)
+    reset_weight_grad(w, state)  # set_to_none: an unknown buffer is not kept for reuse
+    assert w.grad is None and state._stash is None
+    a, g = torch.randn(4, 6), torch.randn(4, 10)
+    asymmetric_linear(a, w, None, opts, state).backward(g)
+    torch.testing.assert_close(w.grad.double(), reference_backward(g, a, w.detach(), opts)[1], rtol=1e-5, atol=1e-5)
 
 
 def test_autograd_grad_returns_a_dense_gradient_and_leaves_grad_alone():
