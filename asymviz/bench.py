@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from asymviz import kernels
 from asymviz.errors import ConfigError
 from asymviz.model import MLP, parse_architecture
 from asymviz.optim import AsymmetricOptimizer, OPTIMIZERS
@@ -176,6 +177,7 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
             "dense_forward_ms": med["dense"][0], "sparse_optimizer_ms": med["sparse"][2],
             "dense_optimizer_ms": med["dense"][2], "path": _path(sparse), "clock": clock,
             "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+            "kernels": kernel_note(dev),
         })
     return rows
 
@@ -221,6 +223,13 @@ def symmetric_overhead(widths: list[int] = [2048, 2048], batch: int = 128, n_in:
     return {"widths": list(widths), "batch": batch, "nn_backward_ms": bwd["nn"], "asym_backward_ms": bwd["asym"],
             "nn_step_ms": step["nn"], "asym_step_ms": step["asym"],
             "backward_overhead": bwd["asym"] / bwd["nn"] - 1, "step_overhead": step["asym"] / step["nn"] - 1}
+
+
+def kernel_note(device: torch.device) -> str:
+    """Which implementation ran the CPU hot loops: "C" (asymviz.kernels) or "PyTorch ops"."""
+    if device.type != "cpu":
+        return "PyTorch ops (GPU)"
+    return "C" if kernels.library() is not None else "PyTorch ops"
 
 
 def _path(model: MLP) -> str:

@@ -225,10 +225,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"{args.n_in}-{'-'.join(map(str, widths))}-{args.n_out}, batch {batch}, {args.granularity}, "
                       f"{args.optimizer}, {part[0]['device']}, {torch.get_num_threads()} threads, "
-                      f"median of {args.repeats}, {args.clock} clock", flush=True)
+                      f"median of {args.repeats}, {args.clock} clock; CPU hot loops: {part[0]['kernels']}", flush=True)
                 print(format_table(part) + "\n", flush=True)
     if args.json:
         print(json.dumps(rows))
+    return 0
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    """Build (if needed) and load the compiled CPU kernels; say which implementation runs."""
+    from asymviz import kernels
+
+    lib = kernels.library()
+    print(f"asymviz CPU kernels: {kernels.status()}")
+    if lib is None:
+        print("Training and benchmarks still work, with PyTorch ops for these loops (slower lazy optimizer "
+              "update); install a C compiler (e.g. apt-get install gcc) to build the kernels.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -764,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: time the symmetric AsymmetricLinear network against plain nn.Linear")
     p.add_argument("--json", action="store_true", help="print all rows as one JSON list")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("kernels", help="build the compiled CPU kernels now and say which implementation runs")
+    p.set_defaults(func=cmd_kernels)
     _add_run_commands(sub)
     _add_experiment_command(sub)
     _add_serve_command(sub)

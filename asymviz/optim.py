@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from asymviz import kernels
 from asymviz.errors import ConfigError
 from asymviz.sparse import AsymmetricLinear, Support, reset_weight_grad
 
@@ -142,6 +143,8 @@ class AsymmetricOptimizer:
                 continue  # no gradient since zero_grad()
             support = layer.state.weight_support if kind == "weight" else layer.state.bias_support
             rowwise = kind == "bias" or layer.options.connection is None  # supports are whole rows
+            if self._kernel_step(p, layer, kind, support, rowwise, done):
+                continue
             if self.name == "adam" and kind == "weight" and rowwise and support.mask is None and support.cols is None:
                 bias = layer.bias if layer.bias is not None and layer.bias.grad is not None else None
                 self._adam_layer(p, bias, support.rows, self._block(p, layer))  # weight and bias rows together
@@ -150,7 +153,56 @@ class AsymmetricOptimizer:
                 flat = None
                 if support is not None and support.cols is not None:
                     flat = self._buffer(p, "flat", len(support.rows) * len(support.cols), torch.long)
-                self._lazy_step(p, _Block(p.shape, support, flat), rowwise)
+                grad = self._block(p, layer) if kind == "weight" else None
+                self._lazy_step(p, _Block(p.shape, support, flat), rowwise, grad)
+
+    def _kernel_step(self, p: torch.Tensor, layer: AsymmetricLinear, kind: str, support: Support | None,
+                     rowwise: bool, done: set[int]) -> bool:
+        """The lazy update in one pass with the C kernel (`asymviz.kernels`); False: not possible here.
+
+        The same arithmetic as `_lazy_step` / `_adam_layer`: per-row step counts for whole rows
+        (weight and bias of a neuron share one), per-entry counts for column blocks and masks.
+        """
+        if support is None or support.rows is None or p.dtype != torch.float32 or p.grad.dtype != torch.float32:
+            return False
+        bias = None
+        if kind == "weight" and rowwise and self.name == "adam" and layer.bias is not None and layer.bias.grad is not None:
+            bias = layer.bias  # updated here too, with the weight rows' step counts
+        mask = support.mask.contiguous() if support.mask is not None else None
+        if not kernels.usable(p, p.grad, support.rows, support.cols, mask, *(() if bias is None else (bias, bias.grad))):
+            return False
+        s = self._state(p, rowwise)
+        block = self._block(p, layer) if kind == "weight" else None
+        if block is not None and not block.is_contiguous():
+            block = None
+        grad = p.grad if block is None else block
+        rows, hyper = support.rows, {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.name == "sgd":
+            kernels.update("sgd", p, grad, block is not None, rows, cols=support.cols, mask=mask, **hyper)
+        elif self.name == "momentum":
+            kernels.update("momentum", p, grad, block is not None, rows, m=s["momentum_buffer"], cols=support.cols,
+                           mask=mask, momentum=self.momentum, **hyper)
+        else:
+            scale, shift = self._adam_table(p)
+            adam = {"m": s["exp_avg"], "v": s["exp_avg_sq"], "scale": scale, "shift": shift, "betas": self.betas,
+                    "weight_decay": self.weight_decay}
+            if rowwise:
+                steps = s["step"].view(-1)
+                t = steps.index_select(0, rows).add_(1)  # (k,) this step's count per row
+                steps.index_copy_(0, rows, t)
+                kernels.update("adam", p, grad, block is not None, rows, row_t=t, **adam)
+                if bias is not None:
+                    sb = self._state(bias, True)
+                    sb["step"] = steps  # the bias rows are the weight rows: one count per neuron
+                    kernels.update("adam", bias, bias.grad, False, rows, m=sb["exp_avg"], v=sb["exp_avg_sq"],
+                                   row_t=t, scale=scale, shift=shift, betas=self.betas,
+                                   weight_decay=self.weight_decay)
+                    done.add(id(bias))
+            else:
+                kernels.update("adam", p, grad, block is not None, rows, cols=support.cols, mask=mask,
+                               entry_step=s["step"], **adam)
+        done.add(id(p))
+        return True
 
     def _state(self, p: torch.Tensor, rowwise: bool) -> dict[str, torch.Tensor]:
         s = self.state.get(id(p))
@@ -167,10 +219,15 @@ class AsymmetricOptimizer:
             self.state[id(p)] = s
         return s
 
-    def _lazy_step(self, p: torch.Tensor, block: _Block, rowwise: bool = False) -> None:
-        """Gather the supported entries, apply the textbook update to them, scatter them back."""
+    def _lazy_step(self, p: torch.Tensor, block: _Block, rowwise: bool = False,
+                   grad: torch.Tensor | None = None) -> None:
+        """Gather the supported entries, apply the textbook update to them, scatter them back.
+
+        grad: those entries of p.grad as the backward computed them (None: gather them).
+        """
         s = self._state(p, rowwise)
-        w, g = block.get(p), block.get(p.grad)  # only the entries that received gradient
+        w = block.get(p)  # only the entries that received gradient
+        g = block.get(p.grad) if grad is None else grad.view(w.shape)
         if self.weight_decay:
             g = g.add(w, alpha=self.weight_decay)
         if self.name == "sgd":

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymviz import kernels
 from asymviz.errors import ConfigError
 from asymviz.strategies import GRANULARITIES, SELECTIONS, check_choice, get_strategy
 
@@ -221,7 +222,9 @@ def _connection_rows(w_rows: torch.Tensor, kc: int) -> torch.Tensor:
 
 
 def _abs_sum(x: torch.Tensor, state: LayerState, name: str) -> torch.Tensor:
-    """sum_b |x_bj|, the batch-summed magnitude (the |x| temporary in reused storage)."""
+    """sum_b |x_bj|, the batch-summed magnitude (one read with the C kernel; else |x| in reused storage)."""
+    if not torch.is_grad_enabled() and kernels.usable(x):
+        return kernels.abs_colsum(x)
     buf = _scratch(state, name, tuple(x.shape), x)
     return (x.abs() if buf is None else torch.abs(x, out=buf)).sum(0)
 
@@ -252,11 +255,12 @@ def _will_accumulate(weight: torch.Tensor, node) -> bool:
 def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None, full=None, cols=None):
     """What the backward returns for W, whose non-zero rows are `rows`.
 
-    block: those rows, (k, n_in), or for `refined` only their kept columns, (k, kc) (compact
-    path); full: the whole (n_out, n_in) gradient (dense path).
+    block: those rows, (k, n_in), or with `cols` (refined) only their kept columns, (k, kc)
+    (compact path); full: the whole (n_out, n_in) gradient (dense path).
     - `.grad` is None (after `reset_weight_grad`) and a buffer is stashed: the rows the last step
-      wrote and this one does not are re-zeroed, the new rows copied in, and the buffer returned
-      dense; autograd takes it over as `.grad` without a copy (nobody else holds it).
+      wrote are re-zeroed where this one does not overwrite them, the new block copied in, and
+      the buffer returned dense; autograd takes it over as `.grad` without a copy (nobody else
+      holds it).
     - `.grad` is this layer's dense buffer (gradients accumulating over several backwards): a
       sparse COO tensor of the k rows, so that autograd's add touches k rows, not n_out.
     - otherwise (torch.autograd.grad, a first step, a foreign `.grad`): a fresh dense gradient.
@@ -265,21 +269,18 @@ def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None
         if _will_accumulate(weight, node) and weight.grad is not None:
             state._forget()  # most rows written: the next reset lets go of it
         return full
-    if cols is not None:  # refined: widen the (k, kc) block to whole rows (zero outside cols)
-        wide = block.new_zeros(len(rows), weight.shape[1])
-        block = wide.index_copy_(1, cols, block)
     if not _will_accumulate(weight, node):
-        return block.new_zeros(weight.shape).index_copy_(0, rows, block)  # fresh dense dW
+        return _scatter(block.new_zeros(weight.shape), rows, block, cols, state)  # fresh dense dW
     grad = weight.grad
     if grad is None:
-        buf, stale = state._stash, state._stash_rows
+        buf, written = state._stash, state._stash_rows
         state._stash, state._stash_rows = None, []
         if buf is None or buf.shape != weight.shape or buf.dtype != block.dtype or buf.device != block.device:
             buf = block.new_zeros(weight.shape)
         else:
-            for old in stale:  # rows written last step and not overwritten now
-                buf.index_fill_(0, old[~torch.isin(old, rows)], 0.0)
-        buf.index_copy_(0, rows, block)
+            for old in written:  # rows written last step; whole rows are overwritten now, column blocks are not
+                buf.index_fill_(0, old if cols is not None else old[~torch.isin(old, rows)], 0.0)
+        _scatter(buf, rows, block, cols, state)
         state._track(buf, [rows], block)
         return buf
     if grad.layout == torch.strided and grad.shape == weight.shape and grad.dtype == block.dtype:
@@ -288,9 +289,22 @@ def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None
             state._grad_version += 1  # autograd's in-place add
         else:
             state._forget()  # contents unknown: the next reset clears it whole
+        if cols is not None:  # the (k, kc) block as whole rows, zero outside the kept columns
+            block = block.new_zeros(len(rows), weight.shape[1]).index_copy_(1, cols, block)
         return torch.sparse_coo_tensor(rows.unsqueeze(0), block, weight.shape, is_coalesced=True,
                                        check_invariants=False)
-    return block.new_zeros(weight.shape).index_copy_(0, rows, block)
+    return _scatter(block.new_zeros(weight.shape), rows, block, cols, state)
+
+
+def _scatter(dst: torch.Tensor, rows: torch.Tensor, block: torch.Tensor, cols, state: LayerState) -> torch.Tensor:
+    """dst[rows] = block, or dst[rows][:, cols] = block (refined), in place; returns dst."""
+    if cols is None:
+        return dst.index_copy_(0, rows, block)
+    if kernels.usable(dst, block, rows, cols):
+        return kernels.scatter_block(dst, rows, cols, block)
+    flat = _flat_index(rows, cols, dst.shape[1], state)
+    dst.view(-1).scatter_(0, flat, block.reshape(-1))  # faster than index_copy_ / index_put_ here
+    return dst
 
 
 def reset_weight_grad(weight: torch.Tensor, state: LayerState, set_to_none: bool = True) -> None:
@@ -324,16 +338,18 @@ def reset_weight_grad(weight: torch.Tensor, state: LayerState, set_to_none: bool
 # ----------------------------------------------------------------------------- the two paths
 
 def _compact(g_k, rows, a, w, state: LayerState, cols, conn, need):
-    """Matmuls on the kept rows only: g_k = g~[:, rows] (B, k). Returns (da, dW rows (k, n_in))."""
+    """Matmuls on the kept rows only: g_k = g~[:, rows] (B, k).
+
+    Returns (da, dW block): the block is (k, n_in), for `refined` (k, kc): the kept columns only.
+    """
     B = g_k.shape[0]
     n_in = a.shape[1]
     grad_a = block = None
     if cols is not None:  # refined: kept columns too; dW and da live in (k, kc) and (B, kc)
         if need[1]:
-            block = g_k.new_zeros(len(rows), n_in).index_copy_(1, cols, g_k.t() @ a.index_select(1, cols))
+            block = g_k.t() @ a.index_select(1, cols)  # (k, kc)
         if need[0]:
-            w_kc = _rows(w, rows, state).index_select(1, cols)  # (k, kc)
-            grad_a = g_k.new_zeros(B, n_in).index_copy_(1, cols, g_k @ w_kc)
+            grad_a = g_k.new_zeros(B, n_in).index_copy_(1, cols, g_k @ _block_of(w, rows, cols, state))
         return grad_a, block
     if need[1]:
         block = g_k.t() @ a  # (k, n_in)   rows of g~^T a
@@ -345,6 +361,21 @@ def _compact(g_k, rows, a, w, state: LayerState, cols, conn, need):
             w_k.mul_(conn)  # W * M
         grad_a = g_k @ w_k  # (B, n_in)   g~ (W * M)
     return grad_a, block
+
+
+def _block_of(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, state: LayerState) -> torch.Tensor:
+    """W[rows][:, cols] (k, kc), in reused storage."""
+    buf = _scratch(state, "w_kc", (len(rows), len(cols)), w)
+    if buf is not None and kernels.usable(w, rows, cols):
+        return kernels.gather_block(w, rows, cols, out=buf)
+    return _rows(w, rows, state).index_select(1, cols)
+
+
+def _flat_index(rows: torch.Tensor, cols: torch.Tensor, n_in: int, state: LayerState) -> torch.Tensor:
+    """rows x cols as flat row-major indices into an (n_out, n_in) matrix (in reused storage)."""
+    r, c = (rows * n_in).unsqueeze(1), cols.unsqueeze(0)
+    buf = _scratch(state, "flat", (len(rows), len(cols)), rows)
+    return (r + c if buf is None else torch.add(r, c, out=buf)).view(-1)
 
 
 def _dense(gm, rows, a, w, opts: SparseOptions, cols, conn, need, gm_csr=None):
@@ -398,7 +429,7 @@ def _backward_batch(g, a, w, opts: SparseOptions, state: LayerState, need, node=
         g_k = g.index_select(1, idx)  # (B, k)   g~ restricted to kept neurons
         grad_a, block = _compact(g_k, idx, a, w, state, cols, conn, need)
         if need[1]:
-            grad_w = _weight_grad(w, node, state, idx, block=block)
+            grad_w = _weight_grad(w, node, state, idx, block=block, cols=cols)
         grad_b = g.new_zeros(n_out).index_copy_(0, idx, g_k.sum(0)) if need[2] else None
     else:
         m = g.new_zeros(n_out).index_fill_(0, idx, 1.0)  # neuron mask
@@ -450,7 +481,7 @@ def _backward_example(g, a, w, opts: SparseOptions, state: LayerState, need, nod
         g_u = gm.index_select(1, rows)  # (B, u)
         grad_a, block = _compact(g_u, rows, a, w, state, cols, conn, need)
         if need[1]:
-            grad_w = _weight_grad(w, node, state, rows, block=block)
+            grad_w = _weight_grad(w, node, state, rows, block=block, cols=cols)
     else:
         gm_csr = None
         if need[0] and k <= CSR_MAX_FRACTION * n_out and (1 - k / n_out) * B * n_in * n_out >= COMPACT_MIN_SAVING:

@@ -10,6 +10,8 @@ from asymviz.errors import ConfigError
 from asymviz.model import MLP
 from asymviz.optim import AsymmetricOptimizer
 
+pytestmark = pytest.mark.usefixtures("kernel_path")  # every test with the C kernels and without
+
 
 def two_steps(name, strategy, update="lazy", granularity="batch"):
     """Two optimizer steps on a small MLP; returns (layer, weights after step 1, after step 2)."""

@@ -10,6 +10,8 @@ from asymviz.errors import ConfigError
 from asymviz.sparse import (AsymmetricLinear, AsymmetricLinearFunction, LayerState, SparseOptions,
                             asymmetric_linear, keep_count, reset_weight_grad, use_compact)
 
+pytestmark = pytest.mark.usefixtures("kernel_path")  # every test with the C kernels and without
+
 STRATEGY_CONNECTION = {"neuron": None, "excessive": "weight", "refined": "activity"}
 SHAPES = [(7, 5, 9), (32, 24, 16), (1, 13, 3), (64, 40, 50)]  # (B, n_in, n_out)
 

@@ -1,0 +1,140 @@
+"""The compiled CPU kernels against the PyTorch ops they replace, the build, and the fallback."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asymviz import kernels
+from asymviz.model import MLP
+from asymviz.optim import AsymmetricOptimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def lib():
+    if kernels.library() is None:
+        if os.environ.get("ASYMVIZ_REQUIRE_KERNELS"):
+            pytest.fail(f"the C kernels are required here: {kernels.status()}")
+        pytest.skip(kernels.status())
+    return kernels.library()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (128, 2048), (64, 1000)])  # the last two use several threads
+def test_abs_colsum_is_the_batch_summed_magnitude(lib, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    torch.testing.assert_close(kernels.abs_colsum(x), x.abs().sum(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,kc", [(3, 2), (205, 1024)])
+def test_gather_and_scatter_block_are_row_column_indexing(lib, k, kc):
+    torch.manual_seed(1)
+    full = torch.randn(2048, 2048)
+    rows = torch.randperm(2048)[:k].sort().values
+    cols = torch.randperm(2048)[:kc].sort().values
+    assert torch.equal(kernels.gather_block(full, rows, cols), full[rows][:, cols])
+    block = torch.randn(k, kc)
+    expected = full.clone()
+    expected[rows.unsqueeze(1), cols.unsqueeze(0)] = block
+    assert torch.equal(kernels.scatter_block(full, rows, cols, block), expected)
+
+
+def _model(strategy, name, granularity):
+    """A 2-hidden-layer MLP wide enough for the compact path and threaded kernels (k x kc >= 65536)."""
+    torch.manual_seed(3)
+    model = MLP(64, [1024, 1024], 5, strategy=strategy, sparsity=0.8, conn_sparsity=0.5, granularity=granularity)
+    for layer in model.linears[:-1]:  # example granularity's wide union would take the dense path
+        layer.options = dataclasses.replace(layer.options, path="compact")
+    return model, AsymmetricOptimizer(model, name, lr=0.01, weight_decay=0.01)
+
+
+def _step(model, opt, x, y, use_kernels: bool, lib):
+    kernels._lib = lib if use_kernels else None
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("strategy,granularity", [("neuron", "batch"), ("excessive", "batch"), ("refined", "batch"),
+                                                  ("neuron", "example"), ("refined", "example")])
+def test_training_with_and_without_kernels_agrees(lib, monkeypatch, name, strategy, granularity):
+    """Same selections, same updates, step after step: the kernels change how, not what.
+
+    The two models run in lockstep and the PyTorch one is re-synchronized to the other's weights
+    after each comparison (float32 rounding differs; Adam would amplify it into other selections)."""
+    monkeypatch.setattr(kernels, "_tried", True)
+    monkeypatch.setattr(kernels, "_lib", lib)  # restored afterwards; `_step` switches it
+    fast, opt_fast = _model(strategy, name, granularity)
+    slow, opt_slow = _model(strategy, name, granularity)
+    gen = torch.Generator().manual_seed(4)
+    for step in range(4):
+        x, y = torch.randn(256, 64, generator=gen), torch.randint(0, 5, (256,), generator=gen)
+        _step(fast, opt_fast, x, y, True, lib)
+        _step(slow, opt_slow, x, y, False, lib)
+        assert {layer.state.path for layer in fast.linears[:-1]} == {"compact"}  # the kernels' paths ran
+        for a, b in zip(fast.parameters(), slow.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)  # 0.2 % of a step (lr 0.01): rounding near g = 0
+            with torch.no_grad():
+                b.copy_(a)
+
+
+def test_a_float64_model_uses_the_pytorch_ops(lib):
+    """The kernels take float32 only; other dtypes go the PyTorch way and still train."""
+    torch.manual_seed(0)
+    model = MLP(6, [40], 3, strategy="refined", sparsity=0.5, conn_sparsity=0.5).double()
+    opt = AsymmetricOptimizer(model, "adam", lr=0.1)
+    before = model.linears[0].weight.detach().clone()
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 6, dtype=torch.float64)), torch.randint(0, 3, (8,))).backward()
+    opt.step()
+    assert not torch.equal(model.linears[0].weight, before)
+
+
+def _fresh(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv("ASYMVIZ_KERNEL_DIR", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+
+
+def test_builds_into_the_kernel_dir_once(lib, monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    assert kernels.library() is not None
+    built = list(tmp_path.glob("asymviz_kernels_*.so"))
+    assert len(built) == 1 and built[0] == kernels.library_path()
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    assert kernels.library() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert "compiled C kernels" in kernels.status()
+
+
+def test_without_a_compiler_everything_falls_back(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path, CC=str(tmp_path / "no-such-cc"))
+    assert kernels.library() is None
+    assert "no C compiler" in kernels.status() and "PyTorch ops" in kernels.status()
+    torch.manual_seed(0)
+    model = MLP(6, [40], 3, strategy="neuron", sparsity=0.5)
+    AsymmetricOptimizer(model, "adam").step()  # no gradient yet: nothing to do, no error
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
+
+
+def test_switched_off_by_environment(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path, ASYMVIZ_KERNELS="0")
+    assert kernels.library() is None and "ASYMVIZ_KERNELS=0" in kernels.status()
+    assert not list(tmp_path.iterdir())  # nothing was built
+
+
+def test_cli_kernels_reports_and_fails_cleanly_without_a_compiler(tmp_path):
+    env = {**os.environ, "ASYMVIZ_KERNEL_DIR": str(tmp_path), "CC": str(tmp_path / "no-such-cc")}
+    env.pop("ASYMVIZ_KERNELS", None)
+    run = subprocess.run([sys.executable, "-m", "asymviz", "kernels"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "unavailable (no C compiler" in run.stdout and "Traceback" not in run.stderr
+    assert "install a C compiler" in run.stderr
