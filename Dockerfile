@@ -14,6 +14,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG EXTRA_PACKAGES=""
 ENV PYTHONUNBUFFERED=1 \
     ASYMVIZ_HOME=/data \
+    ASYMVIZ_KERNEL_DIR=/opt/asymviz-kernels \
     PORT=8501 \
     PATH=/opt/venv/bin:$PATH
 
@@ -24,6 +25,10 @@ RUN TORCH_INDEX="$TORCH_INDEX" EXTRA_PACKAGES="$EXTRA_PACKAGES" bash scripts/ins
 
 # The code stays root-owned and read-only; the lab runs as an unprivileged user who owns /data.
 COPY . /app
+# The compiled CPU kernels (asymviz/kernels.py), built with a compiler that leaves the image again.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m asymviz kernels \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN python -m compileall -q /app/asymviz /app/app.py /app/ui_common.py /app/pages \
     && useradd --create-home --uid 10001 asymviz \
     && mkdir -p /data && chown asymviz:asymviz /data

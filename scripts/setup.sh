@@ -13,6 +13,9 @@ if [ "${1:-}" = "--dev" ]; then
     requirements=requirements-dev.txt
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+# The compiled CPU kernels (asymviz/kernels.py): built now if a C compiler is there; without one
+# asymviz says so and uses PyTorch ops instead.
+.venv/bin/python -m asymviz kernels || true
 if [ "${1:-}" = "--dev" ] && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

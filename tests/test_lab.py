@@ -337,9 +337,16 @@ def test_the_image_recipe_installs_serves_trains_and_stops_cleanly():
 
         python = str(venv / "bin" / "python")
         port = free_port()
+        kernel_dir = work / "kernels"  # the image's ASYMVIZ_KERNEL_DIR, built as the Dockerfile does
         env = lab_env(home, PORT=str(port), ASYMVIZ_WORKERS="1", VIRTUAL_ENV=str(venv),
+                      ASYMVIZ_KERNEL_DIR=str(kernel_dir),
                       PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
         env.pop("PYTHONPATH", None)
+        build = subprocess.run([python, "-m", "asymviz", "kernels"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=300)
+        if shutil.which(os.environ.get("CC") or "cc") or os.environ.get("ASYMVIZ_REQUIRE_KERNELS"):
+            assert build.returncode == 0 and "compiled C kernels" in build.stdout, build.stdout + build.stderr
+            assert len(list(kernel_dir.glob("asymviz_kernels_*.so"))) == 1
         tree = Tree(["bash", str(ROOT / "scripts/entrypoint.sh"), "--address", "127.0.0.1"], env,
                     work / "entrypoint.log")
         until(lambda: healthy(port) or tree.proc.poll() is not None, 300, "the health endpoint", every=1.0)
