@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -180,4 +181,103 @@ void asymviz_scatter_block(float* full, int64_t n_in, const int64_t* rows, int64
                            int64_t kc, const float* block, int threads) {
     block_args a = {full, n_in, rows, cols, kc, (float*)block, 1};
     parallel_rows(block_rows, &a, k, threads);
+}
+
+typedef struct {
+    float* full;
+    int64_t n_in;
+    const int64_t* rows; /* sorted */
+    int64_t k;
+    const float* block;  /* (k, n_in) */
+    const int64_t* old;  /* sorted */
+    int64_t k_old;
+} rows_args;
+
+static void write_rows(const void* a_, int64_t r0, int64_t r1) {
+    const rows_args* a = (const rows_args*)a_;
+    const size_t bytes = (size_t)a->n_in * sizeof(float);
+    for (int64_t i = r0; i < r1; i++)
+        memcpy(a->full + a->rows[i] * a->n_in, a->block + i * a->n_in, bytes);
+}
+
+static void clear_stale_rows(const void* a_, int64_t r0, int64_t r1) {
+    /* old rows [r0, r1) that are not among the new rows: both lists are sorted */
+    const rows_args* a = (const rows_args*)a_;
+    const size_t bytes = (size_t)a->n_in * sizeof(float);
+    int64_t j = 0;
+    for (int64_t i = r0; i < r1; i++) {
+        const int64_t r = a->old[i];
+        while (j < a->k && a->rows[j] < r)
+            j++;
+        if (j < a->k && a->rows[j] == r)
+            continue;
+        memset(a->full + r * a->n_in, 0, bytes);
+    }
+}
+
+/* full[rows] = block and full[old rows not in rows] = 0: the gradient buffer's next step. Sorted
+ * row lists skip the rows about to be overwritten; unsorted ones only cost extra zeroing (every
+ * clear comes before every copy). */
+void asymviz_replace_rows(float* full, int64_t n_in, const int64_t* rows, int64_t k, const float* block,
+                          const int64_t* old, int64_t k_old, int threads) {
+    rows_args a = {full, n_in, rows, k, block, old, k_old};
+    if (old && k_old > 0)
+        parallel_rows(clear_stale_rows, &a, k_old, threads);
+    parallel_rows(write_rows, &a, k, threads);
+}
+
+typedef struct {
+    const float* src;
+    float* dst;
+    int64_t n;             /* row length of the wide side */
+    const int64_t* index;  /* rows (gather_rows) or columns (cols ops) */
+    int64_t count;
+} index_args;
+
+static void gather_rows_fn(const void* a_, int64_t r0, int64_t r1) {
+    const index_args* a = (const index_args*)a_;
+    const size_t bytes = (size_t)a->n * sizeof(float);
+    for (int64_t i = r0; i < r1; i++)
+        memcpy(a->dst + i * a->n, a->src + a->index[i] * a->n, bytes);
+}
+
+/* dst (k, n) = src[rows] for src (n_rows, n): W's kept rows. */
+void asymviz_gather_rows(const float* src, int64_t n, const int64_t* rows, int64_t k, float* dst, int threads) {
+    index_args a = {src, dst, n, rows, k};
+    parallel_rows(gather_rows_fn, &a, k, threads);
+}
+
+static void gather_cols_fn(const void* a_, int64_t r0, int64_t r1) {
+    const index_args* a = (const index_args*)a_;
+    for (int64_t b = r0; b < r1; b++) {
+        const float* src = a->src + b * a->n;
+        float* dst = a->dst + b * a->count;
+        for (int64_t jj = 0; jj < a->count; jj++)
+            dst[jj] = src[a->index[jj]];
+    }
+}
+
+/* dst (B, kc) = src[:, cols] for src (B, n): refined's kept input columns. */
+void asymviz_gather_cols(const float* src, int64_t rows, int64_t n, const int64_t* cols, int64_t kc, float* dst,
+                         int threads) {
+    index_args a = {src, dst, n, cols, kc};
+    parallel_rows(gather_cols_fn, &a, rows, threads);
+}
+
+static void expand_cols_fn(const void* a_, int64_t r0, int64_t r1) {
+    const index_args* a = (const index_args*)a_;
+    for (int64_t b = r0; b < r1; b++) {
+        const float* src = a->src + b * a->count;
+        float* dst = a->dst + b * a->n;
+        memset(dst, 0, (size_t)a->n * sizeof(float));
+        for (int64_t jj = 0; jj < a->count; jj++)
+            dst[a->index[jj]] = src[jj];
+    }
+}
+
+/* dst (B, n) = 0 except dst[:, cols] = src (B, kc): refined's da, zero at the dropped inputs. */
+void asymviz_expand_cols(const float* src, int64_t rows, int64_t n, const int64_t* cols, int64_t kc, float* dst,
+                         int threads) {
+    index_args a = {src, dst, n, cols, kc};
+    parallel_rows(expand_cols_fn, &a, rows, threads);
 }

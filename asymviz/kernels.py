@@ -88,7 +88,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.asymviz_abs_colsum.argtypes = [P, I, I, P, C]
     lib.asymviz_gather_block.argtypes = [P, I, P, I, P, I, P, C]
     lib.asymviz_scatter_block.argtypes = [P, I, P, I, P, I, P, C]
-    for fn in (lib.asymviz_update, lib.asymviz_abs_colsum, lib.asymviz_gather_block, lib.asymviz_scatter_block):
+    lib.asymviz_replace_rows.argtypes = [P, I, P, I, P, P, I, C]
+    lib.asymviz_gather_rows.argtypes = [P, I, P, I, P, C]
+    lib.asymviz_gather_cols.argtypes = [P, I, I, P, I, P, C]
+    lib.asymviz_expand_cols.argtypes = [P, I, I, P, I, P, C]
+    for fn in (lib.asymviz_update, lib.asymviz_abs_colsum, lib.asymviz_gather_block, lib.asymviz_scatter_block,
+               lib.asymviz_replace_rows, lib.asymviz_gather_rows, lib.asymviz_gather_cols, lib.asymviz_expand_cols):
         fn.restype = None
     return lib
 
@@ -195,3 +200,38 @@ def scatter_block(full: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bl
     library().asymviz_scatter_block(full.data_ptr(), full.shape[1], rows.data_ptr(), len(rows), cols.data_ptr(),
                                     len(cols), block.data_ptr(), _threads(block.numel()))
     return full
+
+
+def replace_rows(full: torch.Tensor, rows: torch.Tensor, block: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
+    """full[rows] = block (k, n_in) and full[old rows not in rows] = 0, in place, one pass;
+    rows and old sorted ascending. Returns full."""
+    n_in = full.shape[1]
+    library().asymviz_replace_rows(full.data_ptr(), n_in, rows.data_ptr(), len(rows), block.data_ptr(),
+                                   _ptr(old), 0 if old is None else len(old), _threads(block.numel()))
+    return full
+
+
+def gather_rows(full: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """full[rows] (k, n) of a contiguous float32 (n_rows, n) CPU tensor (row copies)."""
+    n = full.shape[1]
+    out = torch.empty(len(rows), n, dtype=full.dtype) if out is None else out
+    library().asymviz_gather_rows(full.data_ptr(), n, rows.data_ptr(), len(rows), out.data_ptr(), _threads(out.numel()))
+    return out
+
+
+def gather_cols(x: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x[:, cols] (B, kc) of a contiguous float32 (B, n) CPU tensor."""
+    rows, n = x.shape
+    out = torch.empty(rows, len(cols), dtype=x.dtype) if out is None else out
+    library().asymviz_gather_cols(x.data_ptr(), rows, n, cols.data_ptr(), len(cols), out.data_ptr(),
+                                  _threads(out.numel()))
+    return out
+
+
+def expand_cols(x: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
+    """A fresh (B, n) tensor, zero except [:, cols] = x (B, kc)."""
+    rows = x.shape[0]
+    out = torch.empty(rows, n, dtype=x.dtype)
+    library().asymviz_expand_cols(x.data_ptr(), rows, n, cols.data_ptr(), len(cols), out.data_ptr(),
+                                  _threads(out.numel()))
+    return out

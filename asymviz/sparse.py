@@ -232,7 +232,11 @@ def _abs_sum(x: torch.Tensor, state: LayerState, name: str) -> torch.Tensor:
 def _rows(w: torch.Tensor, rows: torch.Tensor, state: LayerState, name: str = "w_k") -> torch.Tensor:
     """w[rows] (a copy, in reused storage)."""
     buf = _scratch(state, name, (len(rows), *w.shape[1:]), w)
-    return w.index_select(0, rows) if buf is None else torch.index_select(w, 0, rows, out=buf)
+    if buf is None:
+        return w.index_select(0, rows)
+    if w.dim() == 2 and kernels.usable(w, rows):
+        return kernels.gather_rows(w, rows, out=buf)
+    return torch.index_select(w, 0, rows, out=buf)
 
 
 def _active_columns(a: torch.Tensor, kc: int, state: LayerState) -> torch.Tensor:
@@ -277,6 +281,10 @@ def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None
         state._stash, state._stash_rows = None, []
         if buf is None or buf.shape != weight.shape or buf.dtype != block.dtype or buf.device != block.device:
             buf = block.new_zeros(weight.shape)
+        elif cols is None and len(written) == 1 and kernels.usable(buf, block, rows, written[0]):
+            kernels.replace_rows(buf, rows, block, written[0])  # stale rows zeroed and new ones copied, one pass
+            state._track(buf, [rows], block)
+            return buf
         else:
             for old in written:  # rows written last step; whole rows are overwritten now, column blocks are not
                 buf.index_fill_(0, old if cols is not None else old[~torch.isin(old, rows)], 0.0)
@@ -346,10 +354,13 @@ def _compact(g_k, rows, a, w, state: LayerState, cols, conn, need):
     n_in = a.shape[1]
     grad_a = block = None
     if cols is not None:  # refined: kept columns too; dW and da live in (k, kc) and (B, kc)
+        fast = not torch.is_grad_enabled() and kernels.usable(a, g_k, cols)
         if need[1]:
-            block = g_k.t() @ a.index_select(1, cols)  # (k, kc)
+            a_c = kernels.gather_cols(a, cols) if fast else a.index_select(1, cols)  # (B, kc)
+            block = g_k.t() @ a_c  # (k, kc)
         if need[0]:
-            grad_a = g_k.new_zeros(B, n_in).index_copy_(1, cols, g_k @ _block_of(w, rows, cols, state))
+            d_c = g_k @ _block_of(w, rows, cols, state)  # (B, kc)
+            grad_a = kernels.expand_cols(d_c, cols, n_in) if fast else g_k.new_zeros(B, n_in).index_copy_(1, cols, d_c)
         return grad_a, block
     if need[1]:
         block = g_k.t() @ a  # (k, n_in)   rows of g~^T a

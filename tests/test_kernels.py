@@ -44,6 +44,37 @@ def test_gather_and_scatter_block_are_row_column_indexing(lib, k, kc):
     assert torch.equal(kernels.scatter_block(full, rows, cols, block), expected)
 
 
+@pytest.mark.parametrize("k,n", [(3, 5), (205, 2048)])
+def test_row_and_column_copies_are_indexing(lib, k, n):
+    torch.manual_seed(2)
+    full = torch.randn(2048, n)
+    rows = torch.randperm(2048)[:k].sort().values
+    assert torch.equal(kernels.gather_rows(full, rows), full[rows])
+    x = torch.randn(128, n)
+    cols = torch.randperm(n)[: max(1, n // 2)].sort().values
+    assert torch.equal(kernels.gather_cols(x, cols), x[:, cols])
+    d = torch.randn(128, len(cols))
+    expected = torch.zeros(128, n)
+    expected[:, cols] = d
+    assert torch.equal(kernels.expand_cols(d, cols, n), expected)
+
+
+@pytest.mark.parametrize("unsorted", [False, True])
+def test_replace_rows_zeroes_the_stale_rows_and_copies_the_new(lib, unsorted):
+    """The gradient buffer's next step: last step's rows not kept now become zero, new rows are copied."""
+    torch.manual_seed(3)
+    buf = torch.zeros(2048, 300)
+    old = torch.randperm(2048)[:400].sort().values
+    buf[old] = torch.randn(400, 300)
+    rows = torch.cat([old[:150], torch.randperm(2048)[:250]]).unique()  # overlaps last step's rows
+    if unsorted:  # correct either way (sorted lists only save work)
+        rows, old = rows[torch.randperm(len(rows))], old[torch.randperm(len(old))]
+    block = torch.randn(len(rows), 300)
+    expected = torch.zeros(2048, 300)
+    expected[rows] = block
+    assert torch.equal(kernels.replace_rows(buf, rows, block, old), expected)
+
+
 def _model(strategy, name, granularity):
     """A 2-hidden-layer MLP wide enough for the compact path and threaded kernels (k x kc >= 65536)."""
     torch.manual_seed(3)
