@@ -562,6 +562,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lab.write_pool_status(runner)
         print(f"asymviz serve: {runner.workers} worker process(es) on {runner.store.path}; the dashboard "
               f"on http://{args.address}:{args.port}; SIGTERM or Ctrl-C stops both.", file=sys.stderr, flush=True)
+        from asymviz import kernels
+        print(f"asymviz serve: CPU kernels: {kernels.status()}", file=sys.stderr, flush=True)
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
              "--server.address", args.address, "--server.headless", "true",

@@ -453,6 +453,9 @@ def _warm_up() -> None:
     so the first run's first point reaches the dashboard as fast as the next ones."""
     try:
         import asymviz.data  # noqa: F401  (scikit-learn: a second or two)
+        from asymviz import kernels
+
+        kernels.library()  # built (a fraction of a second) or loaded before any run
         fit(TrainConfig(dataset="xor", dataset_options={"n_samples": 64}, hidden=[8], epochs=1, batch_size=32))
     except Exception:  # a warm-up must never keep a worker from working
         pass

@@ -134,21 +134,27 @@ def reset() -> None:
 
 # ----------------------------------------------------------------------------- callers' helpers
 
+ACCEPTED = (torch.float32, torch.int64, torch.int32, torch.bool)  # values, indices, step counts, masks
+
+
 def usable(*tensors: torch.Tensor | None) -> ctypes.CDLL | None:
-    """The library, if these tensors can go to it: on the CPU, strided and contiguous, floating
-    point ones float32 (indices int64, masks bool: the caller's business). Otherwise None."""
+    """The library, if these tensors can go to it: on the CPU, strided, contiguous, float32 values,
+    int64 indices (int32 only as Adam's per-entry step counts), bool masks. Otherwise None."""
     for t in tensors:
         if t is None:
             continue
-        if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous():
-            return None
-        if t.is_floating_point() and t.dtype != torch.float32:
+        if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous() or t.dtype not in ACCEPTED:
             return None
     return library()
 
 
 def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
+
+
+def _i64(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Indices as the contiguous int64 the C code reads (a no-op for asymviz's own)."""
+    return None if t is None else t.to(torch.int64).contiguous()
 
 
 def _threads(work: int) -> int:
@@ -170,6 +176,7 @@ def update(kind: str, p: torch.Tensor, grad: torch.Tensor, grad_block: bool, row
     int32 counts incremented here. Momentum: m is the momentum buffer.
     """
     lib = library()
+    rows, cols, row_t = _i64(rows), _i64(cols), _i64(row_t)
     n_in = p.shape[1] if p.dim() == 2 else 1
     k = len(rows)
     kc = len(cols) if cols is not None else n_in
@@ -189,6 +196,7 @@ def abs_colsum(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor
 
 def gather_block(full: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """full[rows][:, cols] (k, kc) of a contiguous float32 (n_out, n_in) CPU tensor, in one pass."""
+    rows, cols = _i64(rows), _i64(cols)
     out = torch.empty(len(rows), len(cols), dtype=full.dtype) if out is None else out
     library().asymviz_gather_block(full.data_ptr(), full.shape[1], rows.data_ptr(), len(rows), cols.data_ptr(),
                                    len(cols), out.data_ptr(), _threads(out.numel()))
@@ -197,6 +205,7 @@ def gather_block(full: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out
 
 def scatter_block(full: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     """full[rows][:, cols] = block, in place, in one pass; returns full."""
+    rows, cols = _i64(rows), _i64(cols)
     library().asymviz_scatter_block(full.data_ptr(), full.shape[1], rows.data_ptr(), len(rows), cols.data_ptr(),
                                     len(cols), block.data_ptr(), _threads(block.numel()))
     return full
@@ -205,6 +214,7 @@ def scatter_block(full: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bl
 def replace_rows(full: torch.Tensor, rows: torch.Tensor, block: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
     """full[rows] = block (k, n_in) and full[old rows not in rows] = 0, in place, one pass;
     rows and old sorted ascending. Returns full."""
+    rows, old = _i64(rows), _i64(old)
     n_in = full.shape[1]
     library().asymviz_replace_rows(full.data_ptr(), n_in, rows.data_ptr(), len(rows), block.data_ptr(),
                                    _ptr(old), 0 if old is None else len(old), _threads(block.numel()))
@@ -213,6 +223,7 @@ def replace_rows(full: torch.Tensor, rows: torch.Tensor, block: torch.Tensor, ol
 
 def gather_rows(full: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """full[rows] (k, n) of a contiguous float32 (n_rows, n) CPU tensor (row copies)."""
+    rows = _i64(rows)
     n = full.shape[1]
     out = torch.empty(len(rows), n, dtype=full.dtype) if out is None else out
     library().asymviz_gather_rows(full.data_ptr(), n, rows.data_ptr(), len(rows), out.data_ptr(), _threads(out.numel()))
@@ -221,6 +232,7 @@ def gather_rows(full: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None
 
 def gather_cols(x: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x[:, cols] (B, kc) of a contiguous float32 (B, n) CPU tensor."""
+    cols = _i64(cols)
     rows, n = x.shape
     out = torch.empty(rows, len(cols), dtype=x.dtype) if out is None else out
     library().asymviz_gather_cols(x.data_ptr(), rows, n, cols.data_ptr(), len(cols), out.data_ptr(),
@@ -230,6 +242,7 @@ def gather_cols(x: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = 
 
 def expand_cols(x: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
     """A fresh (B, n) tensor, zero except [:, cols] = x (B, kc)."""
+    cols = _i64(cols)
     rows = x.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype)
     library().asymviz_expand_cols(x.data_ptr(), rows, n, cols.data_ptr(), len(cols), out.data_ptr(),

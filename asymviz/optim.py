@@ -169,9 +169,14 @@ class AsymmetricOptimizer:
         if kind == "weight" and rowwise and self.name == "adam" and layer.bias is not None and layer.bias.grad is not None:
             bias = layer.bias  # updated here too, with the weight rows' step counts
         mask = support.mask.contiguous() if support.mask is not None else None
-        if not kernels.usable(p, p.grad, support.rows, support.cols, mask, *(() if bias is None else (bias, bias.grad))):
-            return False
         s = self._state(p, rowwise)
+        tensors = [p, p.grad, support.rows, support.cols, mask, *s.values()]
+        if bias is not None:
+            tensors += [bias, bias.grad, *self._state(bias, True).values()]
+        if (not kernels.usable(*tensors) or support.rows.dtype != torch.int64
+                or (support.cols is not None and support.cols.dtype != torch.int64)
+                or s["step"].dtype != (torch.int64 if rowwise else torch.int32)):
+            return False
         block = self._block(p, layer) if kind == "weight" else None
         if block is not None and not block.is_contiguous():
             block = None

@@ -121,7 +121,8 @@ else:
     st.success(f"**Sparsity pays here.** {verdict} Efficiency (measured / ideal): {top['efficiency']:.0%}.",
                icon=":material/bolt:")
 st.caption(f"Measured on this machine: {os.cpu_count()} CPU cores, {threads} PyTorch threads, device "
-           f"{rows[0].get('device', job['device'])}, medians of {job['repeats']} steps after 3 warm-up steps. "
+           f"{rows[0].get('device', job['device'])}, CPU hot loops in {rows[0].get('kernels', 'PyTorch ops')}, "
+           f"medians of {job['repeats']} steps after 3 warm-up steps. "
            "Runs training on this server at the same time slow both sides alike but add noise. The whole step "
            "includes the dense forward pass, so its speedup is always smaller than the backward's.")
 table = pd.DataFrame([{

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from asymviz import kernels
 from asymviz.bench import backward_flops, backward_table, format_table
 from asymviz.errors import ConfigError
 
@@ -37,6 +38,7 @@ def test_backward_table_rows_are_well_formed(strategy, granularity):
             assert r[key] > 0
         assert r["backward_speedup"] == pytest.approx(r["dense_backward_ms"] / r["sparse_backward_ms"])
         assert r["efficiency"] == pytest.approx(r["backward_speedup"] / r["ideal"])
+        assert r["kernels"] == ("C" if kernels.library() is not None else "PyTorch ops")
     assert rows[1]["keep"] == [16, 12] and rows[1]["ideal"] > 1
     text = format_table(rows)
     assert "bwd speedup" in text and len(text.splitlines()) == 4
@@ -80,6 +82,7 @@ def test_cli_bench_table():
     p = run("--width", "16", "--depth", "1", "--n-in", "8", "--sparsity", "0.5", "--repeats", "1", "--warmup", "0")
     assert p.returncode == 0, p.stderr
     assert "8-16-10" in p.stdout and "bwd speedup" in p.stdout
+    assert "CPU hot loops: C" in p.stdout or "CPU hot loops: PyTorch ops" in p.stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -377,6 +377,8 @@ def test_the_image_recipe_installs_serves_trains_and_stops_cleanly():
         assert "shut down" in runs[long]["error"]
         log = tree.output()
         assert "SIGTERM: stopping the dashboard, then the workers" in log and "asymviz serve: stopped." in log
+        if build.returncode == 0:  # the server found the kernels the recipe built
+            assert "asymviz serve: CPU kernels: compiled C kernels" in log and str(kernel_dir) in log
     finally:
         if tree is not None:
             tree.kill()
