@@ -154,7 +154,9 @@ def _ptr(t: torch.Tensor | None):
 
 def _i64(t: torch.Tensor | None) -> torch.Tensor | None:
     """Indices as the contiguous int64 the C code reads (a no-op for asymviz's own)."""
-    return None if t is None else t.to(torch.int64).contiguous()
+    if t is None or (t.dtype == torch.int64 and t.is_contiguous()):
+        return t
+    return t.to(torch.int64).contiguous()
 
 
 def _threads(work: int) -> int:
