@@ -302,7 +302,7 @@ class AsymmetricOptimizer:
         need = self._step_count + 1
         key = (p.device, p.dtype, self.lr, self.betas, self.eps)  # a changed lr makes a new table
         table = self._tables.get(key)
-        if table is None or len(table) <= need:
+        if table is None or len(table[0]) <= need:
             b1, b2 = self.betas
             t = torch.arange(max(64, 2 * need), dtype=torch.float64)
             bc1, bc2 = -torch.expm1(t * math.log(b1)), -torch.expm1(t * math.log(b2))
