@@ -215,7 +215,8 @@ static void clear_stale_rows(const void* a_, int64_t r0, int64_t r1) {
     }
 }
 
-/* full[rows] = block and full[old rows not in rows] = 0: the gradient buffer's next step. Sorted
+/* full[rows] = block and full[old rows not in rows] = 0: the gradient buffer's next step (with
+ * k = 0: clear the old rows). Sorted
  * row lists skip the rows about to be overwritten; unsorted ones only cost extra zeroing (every
  * clear comes before every copy). */
 void asymviz_replace_rows(float* full, int64_t n_in, const int64_t* rows, int64_t k, const float* block,

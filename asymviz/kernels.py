@@ -250,3 +250,12 @@ def expand_cols(x: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
     library().asymviz_expand_cols(x.data_ptr(), rows, n, cols.data_ptr(), len(cols), out.data_ptr(),
                                   _threads(out.numel()))
     return out
+
+
+def clear_rows(full: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """full[rows] = 0, in place (memset per row). Returns full."""
+    rows = _i64(rows)
+    n_in = full.shape[1]
+    library().asymviz_replace_rows(full.data_ptr(), n_in, None, 0, None, rows.data_ptr(), len(rows),
+                                   _threads(len(rows) * n_in))
+    return full

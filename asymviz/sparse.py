@@ -287,7 +287,11 @@ def _weight_grad(weight, node, state: LayerState, rows: torch.Tensor, block=None
             return buf
         else:
             for old in written:  # rows written last step; whole rows are overwritten now, column blocks are not
-                buf.index_fill_(0, old if cols is not None else old[~torch.isin(old, rows)], 0.0)
+                stale = old if cols is not None else old[~torch.isin(old, rows)]
+                if kernels.usable(buf, stale):
+                    kernels.clear_rows(buf, stale)
+                else:
+                    buf.index_fill_(0, stale, 0.0)
         _scatter(buf, rows, block, cols, state)
         state._track(buf, [rows], block)
         return buf

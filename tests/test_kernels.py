@@ -73,6 +73,8 @@ def test_replace_rows_zeroes_the_stale_rows_and_copies_the_new(lib, unsorted):
     expected = torch.zeros(2048, 300)
     expected[rows] = block
     assert torch.equal(kernels.replace_rows(buf, rows, block, old), expected)
+    kernels.clear_rows(buf, rows)
+    assert torch.count_nonzero(buf) == 0
 
 
 def _model(strategy, name, granularity):
