@@ -742,12 +742,38 @@ def get_runner(path: str | Path | None = None) -> Runner:
 
 # ----------------------------------------------------------------------------- environment
 
-def cpu_count() -> int:
-    """The cores this process may use (its affinity mask where the OS has one)."""
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cpu_quota(root: str | None = None) -> float | None:
+    """The CPUs a container's CFS quota allows (`docker run --cpus N`: N), or None without one.
+
+    cgroup v2: `cpu.max` ("QUOTA PERIOD" or "max PERIOD"); v1: `cpu/cpu.cfs_quota_us` and
+    `cpu/cpu.cfs_period_us` (quota -1: none). Read at the cgroup root, which is the container's own.
+    """
+    base = Path(root or CGROUP_ROOT)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        quota, period = (base / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_count(root: str | None = None) -> int:
+    """The cores this process may use: its affinity mask, capped by a container's CPU quota
+    (rounded up), so `--cpus 4` on a 64-core host means 4 worker processes, not 64."""
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def _env_int(name: str, default: int) -> int:

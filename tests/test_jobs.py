@@ -3,6 +3,7 @@ failed runs, and worker pools in real processes (finish, stop, hard kill, SIGKIL
 restart reconciliation, owner death)."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -571,3 +572,37 @@ def test_get_runner_is_a_started_singleton(path, monkeypatch):
     finally:
         first.shutdown()
         jobs._RUNNERS.clear()
+
+
+@pytest.mark.parametrize("files,quota", [
+    ({"cpu.max": "400000 100000\n"}, 4.0),  # cgroup v2, docker run --cpus 4
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+    ({"cpu.max": "garbage\n"}, None),
+    ({}, None),  # no cgroup files at all
+])
+def test_cpu_quota_reads_the_containers_cgroup(tmp_path, files, quota):
+    from asymviz.jobs import cpu_count, cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota(str(tmp_path)) == quota
+    cores = len(os.sched_getaffinity(0))
+    expected = cores if quota is None else max(1, min(cores, math.ceil(quota)))
+    assert cpu_count(str(tmp_path)) == expected
+
+
+def test_a_quota_caps_the_default_worker_count(tmp_path, monkeypatch):
+    import asymviz.jobs as jobs
+
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # docker run --cpus 1
+    monkeypatch.setattr(jobs, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.delenv("ASYMVIZ_WORKERS", raising=False)
+    runner = jobs.Runner(tmp_path / "runs.db")
+    try:
+        assert jobs.cpu_count() == 1 and runner.workers == 1
+    finally:
+        runner.store.close()
