@@ -122,31 +122,36 @@ class Limits:
 
     def check(self, store: Store, config: TrainConfig, owner: str) -> None:
         """Raise LimitExceeded if queuing this (validated) config for owner breaks a limit, and
-        DatasetNotOffered if the lab does not offer its dataset (ASYMVIZ_DATASETS)."""
+        DatasetNotOffered if the lab does not offer its dataset (ASYMVIZ_DATASETS). A check only:
+        `Runner.submit` counts and inserts in one store transaction (`admit`)."""
+        self.check_config(config)
+        self.admit(store.count(("queued", "running")), store.count(("queued", "running"), owner=owner), owner)
+
+    def check_config(self, config: TrainConfig) -> None:
+        """The limits on the run itself: dataset offered, epochs, model size."""
         from asymviz.lab import check_dataset
 
         check_dataset(config.dataset)
         if self.max_epochs and config.epochs > self.max_epochs:
             raise LimitExceeded(f"This instance allows at most {self.max_epochs} epochs per run "
                                 f"(ASYMVIZ_MAX_EPOCHS); this run asks for {config.epochs}.")
-        if self.max_queue:
-            active = store.count(("queued", "running"))
-            if active >= self.max_queue:
-                raise LimitExceeded(f"The queue is full: {active} runs are queued or running, the "
-                                    f"most this instance allows (ASYMVIZ_MAX_QUEUE); try again "
-                                    "when some have finished.")
-        if self.max_runs_per_owner:
-            mine = store.count(("queued", "running"), owner=owner)
-            if mine >= self.max_runs_per_owner:
-                raise LimitExceeded(f"{owner} already has {mine} queued or running runs, the most "
-                                    "this instance allows per person (ASYMVIZ_MAX_RUNS_PER_OWNER); "
-                                    "wait for one to finish or stop one.")
         if self.max_params:
             params = model_parameters(config)
             if params > self.max_params:
                 raise LimitExceeded(f"This instance allows models of at most {self.max_params:,} "
                                     f"parameters (ASYMVIZ_MAX_PARAMS); this one has {params:,}, so "
                                     "use fewer or narrower hidden layers.")
+
+    def admit(self, active: int, mine: int, owner: str) -> None:
+        """The limits on the queue, given the queued + running runs of everyone and of owner."""
+        if self.max_queue and active >= self.max_queue:
+            raise LimitExceeded(f"The queue is full: {active} runs are queued or running, the "
+                                f"most this instance allows (ASYMVIZ_MAX_QUEUE); try again "
+                                "when some have finished.")
+        if self.max_runs_per_owner and mine >= self.max_runs_per_owner:
+            raise LimitExceeded(f"{owner} already has {mine} queued or running runs, the most "
+                                "this instance allows per person (ASYMVIZ_MAX_RUNS_PER_OWNER); "
+                                "wait for one to finish or stop one.")
 
 
 def model_parameters(config: TrainConfig) -> int:
@@ -516,7 +521,6 @@ class Runner:
         self.stop_grace = _env_float("ASYMVIZ_STOP_GRACE", 10.0)
         self.stale_after = _env_float("ASYMVIZ_STALE_AFTER", 120.0)
         self._lock = threading.RLock()
-        self._submit_lock = threading.Lock()  # limit check and insert together
         self._procs: list[_WorkerProcess] = []
         self._halt = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -680,9 +684,11 @@ class Runner:
         if not isinstance(owner, str) or not owner.strip():
             raise ConfigError(f"A run's owner must be a non-empty name, got {owner!r}.")
         config = config.validated()
-        with self._submit_lock:
-            self.limits.check(self.store, config, owner)
-            run_id = self.store.create_run(config.to_dict(), owner=owner, tag=tag)
+        self.limits.check_config(config)
+        # Counting and inserting in one write transaction: concurrent submitters, in this
+        # process or others (the dashboard, the CLI), cannot both pass a queue limit.
+        run_id = self.store.create_run(config.to_dict(), owner=owner, tag=tag,
+                                       admit=lambda active, mine: self.limits.admit(active, mine, owner))
         self.store.add_event(run_id, "queued", f"Queued by {owner}.")
         return run_id
 

@@ -321,8 +321,12 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------
 
-    def create_run(self, config: dict, owner: str, tag: str | None = None) -> int:
-        """Queue a new run; return its id."""
+    def create_run(self, config: dict, owner: str, tag: str | None = None,
+                   admit: Callable[[int, int], None] | None = None) -> int:
+        """Queue a new run; return its id.
+
+        admit(active, mine): called inside the write transaction with the queued + running runs
+        of everyone and of owner; an exception from it refuses the run (nothing is written)."""
         if dataclasses.is_dataclass(config) and not isinstance(config, type):
             config = dataclasses.asdict(config)
         try:
@@ -330,6 +334,11 @@ class Store:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"The run config cannot be stored as JSON: {_reason(exc)}.") from exc
         with self._transaction() as db:
+            if admit is not None:
+                active = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
+                mine = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running') AND owner = ?",
+                                  (owner,)).fetchone()[0]
+                admit(active, mine)
             cur = db.execute(
                 "INSERT INTO runs (created_at, owner, config, status, tag) VALUES (?, ?, ?, ?, ?)",
                 (time.time(), owner, config_json, "queued", tag))

@@ -97,6 +97,26 @@ def test_parameter_limit_counts_the_model_that_would_be_built(path):
     assert f"{params - 1:,} parameters" in str(err.value)
 
 
+def test_queue_limits_hold_for_submitters_in_different_processes(path):
+    """Six processes (a dashboard, CLI calls, ...) submit for one owner at the same moment: the
+    count and the insert are one store transaction, so exactly the limit gets in."""
+    code = ("import sys, time; from asymviz.jobs import Runner, Limits, LimitExceeded\n"
+            "runner = Runner(sys.argv[1], workers=0, limits=Limits(max_runs_per_owner=3, max_queue=0))\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "try:\n    print('queued', runner.submit({'dataset': 'moons', 'hidden': [16]}, owner='ana'))\n"
+            "except LimitExceeded as err:\n    print('refused', err)\n")
+    Store(path).close()  # the schema exists before they race
+    start = time.time() + 8.0  # after every interpreter has imported torch
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(start)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    lines = [out.strip() for out, _ in outputs]
+    assert sum(line.startswith("queued") for line in lines) == 3, lines
+    assert sum("ana already has 3 queued or running runs" in line for line in lines) == 3, lines
+    assert Store(path).count(("queued",), owner="ana") == 3
+
+
 def test_per_owner_and_queue_limits(path):
     runner = Runner(path, workers=0, limits=Limits(max_runs_per_owner=2, max_queue=3))
     a1, a2 = runner.submit(QUICK, owner="ana"), runner.submit(QUICK, owner="ana")
