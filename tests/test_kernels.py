@@ -171,3 +171,11 @@ def test_cli_kernels_reports_and_fails_cleanly_without_a_compiler(tmp_path):
     assert run.returncode == 1
     assert "unavailable (no C compiler" in run.stdout and "Traceback" not in run.stderr
     assert "install a C compiler" in run.stderr
+
+
+def test_cli_kernels_builds_and_reports(lib, tmp_path):
+    env = {**os.environ, "ASYMVIZ_KERNEL_DIR": str(tmp_path)}
+    env.pop("ASYMVIZ_KERNELS", None)
+    run = subprocess.run([sys.executable, "-m", "asymviz", "kernels"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("asymviz CPU kernels: compiled C kernels") and str(tmp_path) in run.stdout
