@@ -159,9 +159,28 @@ def _i64(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.to(torch.int64).contiguous()
 
 
+def _shares_torch_pool() -> bool:
+    """True when torch has GNU OpenMP (libgomp) loaded, so the kernels' OpenMP loops run on its
+    pool; elsewhere (Intel or LLVM OpenMP, no /proc) a second runtime would compete with
+    torch's threads for the same cores, so the kernels stay on one thread."""
+    global _gomp
+    if _gomp is None:
+        try:
+            with open("/proc/self/maps") as maps:
+                _gomp = any("libgomp" in line for line in maps)
+        except OSError:
+            _gomp = False
+    return _gomp
+
+
+_gomp: bool | None = None
+
+
 def _threads(work: int) -> int:
     """Threads for a kernel over `work` elements: torch's count, one for small work."""
-    return 1 if work < 65536 else max(1, torch.get_num_threads())
+    if work < 65536 or not _shares_torch_pool():
+        return 1
+    return max(1, torch.get_num_threads())
 
 
 def update(kind: str, p: torch.Tensor, grad: torch.Tensor, grad_block: bool, rows: torch.Tensor, *,

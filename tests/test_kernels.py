@@ -179,3 +179,12 @@ def test_cli_kernels_builds_and_reports(lib, tmp_path):
     run = subprocess.run([sys.executable, "-m", "asymviz", "kernels"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("asymviz CPU kernels: compiled C kernels") and str(tmp_path) in run.stdout
+
+
+def test_threads_only_on_torchs_own_openmp_pool(monkeypatch):
+    """Small work, or an OpenMP runtime that is not torch's: one thread (no second pool competing)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(kernels, "_gomp", True)
+    assert kernels._threads(10**6) == 4 and kernels._threads(1000) == 1
+    monkeypatch.setattr(kernels, "_gomp", False)
+    assert kernels._threads(10**6) == 1
