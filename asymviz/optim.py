@@ -17,6 +17,8 @@ rows (`neuron`) takes the kept rows of the gradient as the backward computed the
 them if `.grad` was edited since), gathers the moments into reused buffers, updates them in
 place with one step count per neuron (bias-correction coefficients looked up in a table) and
 scatters them back. Row x column blocks (`refined`) and masks (`excessive`) take the general path.
+On the CPU with float32 parameters, all of that is one pass of a compiled kernel
+(`asymviz.kernels.update`, same arithmetic) when the kernels are built.
 """
 
 from __future__ import annotations

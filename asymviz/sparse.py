@@ -33,8 +33,10 @@ several backwards) the k rows go out as a sparse COO tensor, so autograd's add t
 `torch.autograd.grad` gets a dense one). The compact dW rows also stay in the state
 (`grad_block`) for the optimizer, which uses them only while `.grad` is unchanged. Temporaries
 that never leave the backward (|g|, W[kept]) live in storage reused from step to step.
-Nothing here is CPU-specific: on CUDA the same kernels run, with no host synchronization in
-`batch` granularity (`example` needs one for the size of the kept union).
+On the CPU, the compiled kernels of `asymviz.kernels` (when built) do the column sums, the row
+and column copies and the gradient buffer's update in one pass each; everything else, and all
+of it on CUDA, is PyTorch ops, with no host synchronization in `batch` granularity (`example`
+needs one for the size of the kept union).
 """
 
 from __future__ import annotations
