@@ -16,7 +16,6 @@ ASYMVIZ_KERNEL_DIR: where the compiled library lives (default: $XDG_CACHE_HOME/a
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -68,11 +67,7 @@ def _compile(target: Path) -> None:
         else:
             raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[:500]}")
         os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-        for old in target.parent.glob("asymviz_kernels_*.so"):  # builds of earlier sources
-            if old != target:
-                with contextlib.suppress(OSError):
-                    old.unlink()
+        os.replace(tmp, target)  # builds of other sources stay: another checkout may be using one
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -124,12 +119,6 @@ def status() -> str:
     """One line: which implementation runs the CPU hot loops, and why."""
     library()
     return _status
-
-
-def reset() -> None:
-    """Forget the loaded state (tests switch the kernels on and off through the environment)."""
-    global _lib, _tried, _status
-    _lib, _tried, _status = None, False, "not loaded yet"
 
 
 # ----------------------------------------------------------------------------- callers' helpers
