@@ -190,6 +190,10 @@ def update(kind: str, p: torch.Tensor, grad: torch.Tensor, grad_block: bool, row
     n_in = p.shape[1] if p.dim() == 2 else 1
     k = len(rows)
     kc = len(cols) if cols is not None else n_in
+    expected = k * kc if grad_block else p.numel()
+    if grad.numel() != expected or (mask is not None and mask.numel() != k * kc):
+        raise ValueError(f"kernels.update: a gradient of {grad.numel()} entries (mask "
+                         f"{None if mask is None else mask.numel()}) for {k} rows x {kc} columns")
     lib.asymviz_update(KINDS[kind], p.data_ptr(), n_in, grad.data_ptr(), int(grad_block), _ptr(m), _ptr(v),
                        rows.data_ptr(), k, _ptr(cols), kc, _ptr(mask), _ptr(row_t), _ptr(entry_step),
                        _ptr(scale), _ptr(shift), lr, momentum, betas[0], betas[1], 1.0 - betas[0], 1.0 - betas[1],
