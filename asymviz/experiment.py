@@ -400,19 +400,18 @@ def _needs_run(run: dict | None, state: dict) -> bool:
     return run["status"] not in DONE + ACTIVE and run["created_at"] < (state["launched_at"] or 0.0)
 
 
-def check_limits(spec: ExperimentSpec, runner, owner: str) -> None:
+def check_limits(spec: ExperimentSpec, runner) -> None:
     """Raise (LimitExceeded, one sentence) if a cell breaks a limit no wait can lift (epochs,
     parameters); queue limits are handled by feeding."""
     limits = getattr(runner, "limits", None)
     if limits is None:
         return
-    fixed = dataclasses.replace(limits, max_runs_per_owner=0, max_queue=0)
     seen = set()
     for config in expand(spec):
         key = (config.dataset, config.epochs)
         if key not in seen:
             seen.add(key)
-            fixed.check(runner.store, config, owner)
+            limits.check_config(config)
 
 
 def prepare_data(spec: ExperimentSpec) -> None:
@@ -431,7 +430,7 @@ def launch(spec: ExperimentSpec, runner, owner: str = "cli") -> str:
     Launching the same grid again resumes it: finished cells are kept, failed, stopped and
     interrupted ones are submitted again."""
     spec = spec.validated()
-    check_limits(spec, runner, owner)
+    check_limits(spec, runner)
     store = runner.store
     exp_id = register(store, spec, owner)
     store.add_event(None, "experiment_launch", json.dumps({"id": exp_id, "owner": owner}))

@@ -120,15 +120,10 @@ class Limits:
         return cls(**{f.name: _env_int(LIMIT_VARIABLES[f.name], getattr(defaults, f.name))
                       for f in fields(cls)})
 
-    def check(self, store: Store, config: TrainConfig, owner: str) -> None:
-        """Raise LimitExceeded if queuing this (validated) config for owner breaks a limit, and
-        DatasetNotOffered if the lab does not offer its dataset (ASYMVIZ_DATASETS). A check only:
-        `Runner.submit` counts and inserts in one store transaction (`admit`)."""
-        self.check_config(config)
-        self.admit(store.count(("queued", "running")), store.count(("queued", "running"), owner=owner), owner)
-
     def check_config(self, config: TrainConfig) -> None:
-        """The limits on the run itself: dataset offered, epochs, model size."""
+        """Raise LimitExceeded if this (validated) config breaks a limit on the run itself (epochs,
+        model size) and DatasetNotOffered if the lab does not offer its dataset (ASYMVIZ_DATASETS).
+        The queue limits are `admit`'s, inside `Runner.submit`'s store transaction."""
         from asymviz.lab import check_dataset
 
         check_dataset(config.dataset)

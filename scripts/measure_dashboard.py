@@ -20,16 +20,15 @@ import argparse
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: a free port, health, stopping a session
+from helpers import free_port, healthy, stop_session, until  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -62,12 +61,6 @@ WATCH = """async (ms) => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads (not its children)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -81,27 +74,12 @@ def start_server(home: str):
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.3)
-    stop_server(proc)
-    raise SystemExit("The streamlit server did not start within 90 s.")
-
-
-def stop_server(proc) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        until(lambda: healthy(port), 90, "the streamlit server to start", every=0.3)
+    except AssertionError:
+        stop_session(proc)
+        raise SystemExit("The streamlit server did not start within 90 s.") from None
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def start_and_time(page, url: str, seed: int, epochs: int) -> float:
@@ -195,7 +173,7 @@ def main() -> None:
         rows.append(("Browser long tasks (>50 ms) per second", f"{watched['longTasks'] / elapsed:.0f} ms"))
     finally:
         if proc is not None:
-            stop_server(proc)
+            stop_session(proc)
             shutil.rmtree(home, ignore_errors=True)
     width = max(len(name) for name, _ in rows)
     print(f"{'measure'.ljust(width)}  value")

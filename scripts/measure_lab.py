@@ -25,31 +25,21 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: polling, ports, health, /proc
 
 from asymviz import lab  # noqa: E402
 from asymviz.jobs import Limits, Runner, cpu_count  # noqa: E402
+from helpers import cmdline, free_port, healthy, process_tree, until  # noqa: E402
 
 DEFAULT = {"dataset": "digits", "hidden": [256, 256], "strategy": "neuron", "sparsity": 0.9, "epochs": 500}
 LARGE = {**DEFAULT, "hidden": [2048, 2048]}
-
-
-def until(predicate, timeout: float, what: str, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def memory_of(pid: int) -> dict[str, float]:
@@ -92,40 +82,6 @@ def open_in_browser(url: str) -> bool:
     return True
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=3) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
 def steps_done(store, run_id: int, seen: dict) -> int:
     """The highest step a run has written so far (read incrementally)."""
     new = store.steps(run_id, since_step=seen.get(run_id, 0))
@@ -151,7 +107,7 @@ def measure_memory(settle: float) -> list[tuple[str, dict]]:
         until(lambda: healthy(port) or serve.poll() is not None, 300, "the dashboard")
         status = until(lambda: lab.read_pool_status(home / lab.POOL_FILE), 60, "the pool")
         workers = status["pids"]
-        [server] = [pid for pid in children(serve.pid) if "streamlit" in cmdline(pid)]
+        [server] = [pid for pid in process_tree().get(serve.pid, []) if "streamlit" in cmdline(pid)]
         time.sleep(settle)  # workers import torch and poll: let them settle
         rows += [("serve process (owns the pool; imports torch)", memory_of(serve.pid)),
                  ("Streamlit server, no browser open yet", memory_of(server)),

@@ -43,21 +43,34 @@ def page(home):
     return open_page
 
 
-@pytest.fixture(params=["c-kernels", "pytorch-ops"])
-def kernel_path(request, monkeypatch):
-    """Run a test twice: with asymviz's compiled CPU kernels and with the PyTorch ops they replace.
-
-    Where the kernels cannot be built the first run skips, unless ASYMVIZ_REQUIRE_KERNELS is set
-    (CI sets it: there they must build and be tested)."""
+def _kernels_or_skip():
+    """The compiled CPU kernels; where they cannot be built the test skips, unless
+    ASYMVIZ_REQUIRE_KERNELS is set (CI sets it: there they must build and be tested)."""
     import os
 
     from asymviz import kernels
 
+    lib = kernels.library()
+    if lib is None:
+        if os.environ.get("ASYMVIZ_REQUIRE_KERNELS"):
+            pytest.fail(f"the C kernels are required here: {kernels.status()}")
+        pytest.skip(f"no compiled kernels: {kernels.status()}")
+    return lib
+
+
+@pytest.fixture
+def kernel_lib():
+    """The loaded kernel library (see `_kernels_or_skip`)."""
+    return _kernels_or_skip()
+
+
+@pytest.fixture(params=["c-kernels", "pytorch-ops"])
+def kernel_path(request, monkeypatch):
+    """Run a test twice: with asymviz's compiled CPU kernels and with the PyTorch ops they replace."""
+    from asymviz import kernels
+
     if request.param == "c-kernels":
-        if kernels.library() is None:
-            if os.environ.get("ASYMVIZ_REQUIRE_KERNELS"):
-                pytest.fail(f"the C kernels are required here: {kernels.status()}")
-            pytest.skip(f"no compiled kernels: {kernels.status()}")
+        _kernels_or_skip()
     else:
         monkeypatch.setattr(kernels, "_lib", None)
         monkeypatch.setattr(kernels, "_tried", True)

@@ -10,7 +10,6 @@ otherwise they skip with the reason.
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import free_port
+from helpers import free_port, stop_session
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -81,15 +80,7 @@ def server():
             time.sleep(0.3)
         yield url
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker processes
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+        stop_session(proc)  # the server and its worker processes
         log.close()
         ARTIFACTS.mkdir(exist_ok=True)  # the server's log, with its workers', for a failed CI run
         shutil.copy(home / "server.log", ARTIFACTS / "browser-server.log")

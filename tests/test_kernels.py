@@ -15,24 +15,15 @@ from asymviz.optim import AsymmetricOptimizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def lib():
-    if kernels.library() is None:
-        if os.environ.get("ASYMVIZ_REQUIRE_KERNELS"):
-            pytest.fail(f"the C kernels are required here: {kernels.status()}")
-        pytest.skip(kernels.status())
-    return kernels.library()
-
-
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (128, 2048), (64, 1000)])  # the last two use several threads
-def test_abs_colsum_is_the_batch_summed_magnitude(lib, shape):
+def test_abs_colsum_is_the_batch_summed_magnitude(kernel_lib, shape):
     torch.manual_seed(0)
     x = torch.randn(shape)
     torch.testing.assert_close(kernels.abs_colsum(x), x.abs().sum(0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k,kc", [(3, 2), (205, 1024)])
-def test_gather_and_scatter_block_are_row_column_indexing(lib, k, kc):
+def test_gather_and_scatter_block_are_row_column_indexing(kernel_lib, k, kc):
     torch.manual_seed(1)
     full = torch.randn(2048, 2048)
     rows = torch.randperm(2048)[:k].sort().values
@@ -45,7 +36,7 @@ def test_gather_and_scatter_block_are_row_column_indexing(lib, k, kc):
 
 
 @pytest.mark.parametrize("k,n", [(3, 5), (205, 2048)])
-def test_row_and_column_copies_are_indexing(lib, k, n):
+def test_row_and_column_copies_are_indexing(kernel_lib, k, n):
     torch.manual_seed(2)
     full = torch.randn(2048, n)
     rows = torch.randperm(2048)[:k].sort().values
@@ -60,7 +51,7 @@ def test_row_and_column_copies_are_indexing(lib, k, n):
 
 
 @pytest.mark.parametrize("unsorted", [False, True])
-def test_replace_rows_zeroes_the_stale_rows_and_copies_the_new(lib, unsorted):
+def test_replace_rows_zeroes_the_stale_rows_and_copies_the_new(kernel_lib, unsorted):
     """The gradient buffer's next step: last step's rows not kept now become zero, new rows are copied."""
     torch.manual_seed(3)
     buf = torch.zeros(2048, 300)
@@ -86,8 +77,8 @@ def _model(strategy, name, granularity):
     return model, AsymmetricOptimizer(model, name, lr=0.01, weight_decay=0.01)
 
 
-def _step(model, opt, x, y, use_kernels: bool, lib):
-    kernels._lib = lib if use_kernels else None
+def _step(model, opt, x, y, use_kernels: bool, kernel_lib):
+    kernels._lib = kernel_lib if use_kernels else None
     opt.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
@@ -96,20 +87,20 @@ def _step(model, opt, x, y, use_kernels: bool, lib):
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("strategy,granularity", [("neuron", "batch"), ("excessive", "batch"), ("refined", "batch"),
                                                   ("neuron", "example"), ("refined", "example")])
-def test_training_with_and_without_kernels_agrees(lib, monkeypatch, name, strategy, granularity):
+def test_training_with_and_without_kernels_agrees(kernel_lib, monkeypatch, name, strategy, granularity):
     """Same selections, same updates, step after step: the kernels change how, not what.
 
     The two models run in lockstep and the PyTorch one is re-synchronized to the other's weights
     after each comparison (float32 rounding differs; Adam would amplify it into other selections)."""
     monkeypatch.setattr(kernels, "_tried", True)
-    monkeypatch.setattr(kernels, "_lib", lib)  # restored afterwards; `_step` switches it
+    monkeypatch.setattr(kernels, "_lib", kernel_lib)  # restored afterwards; `_step` switches it
     fast, opt_fast = _model(strategy, name, granularity)
     slow, opt_slow = _model(strategy, name, granularity)
     gen = torch.Generator().manual_seed(4)
     for step in range(4):
         x, y = torch.randn(256, 64, generator=gen), torch.randint(0, 5, (256,), generator=gen)
-        _step(fast, opt_fast, x, y, True, lib)
-        _step(slow, opt_slow, x, y, False, lib)
+        _step(fast, opt_fast, x, y, True, kernel_lib)
+        _step(slow, opt_slow, x, y, False, kernel_lib)
         assert {layer.state.path for layer in fast.linears[:-1]} == {"compact"}  # the kernels' paths ran
         for a, b in zip(fast.parameters(), slow.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)  # 0.2 % of a step (lr 0.01): rounding near g = 0
@@ -117,7 +108,7 @@ def test_training_with_and_without_kernels_agrees(lib, monkeypatch, name, strate
                 b.copy_(a)
 
 
-def test_a_float64_model_uses_the_pytorch_ops(lib):
+def test_a_float64_model_uses_the_pytorch_ops(kernel_lib):
     """The kernels take float32 only; other dtypes go the PyTorch way and still train."""
     torch.manual_seed(0)
     model = MLP(6, [40], 3, strategy="refined", sparsity=0.5, conn_sparsity=0.5).double()
@@ -136,7 +127,7 @@ def _fresh(monkeypatch, tmp_path, **env):
     monkeypatch.setattr(kernels, "_tried", False)
 
 
-def test_builds_into_the_kernel_dir_once(lib, monkeypatch, tmp_path):
+def test_builds_into_the_kernel_dir_once(kernel_lib, monkeypatch, tmp_path):
     _fresh(monkeypatch, tmp_path)
     assert kernels.library() is not None
     built = list(tmp_path.glob("asymviz_kernels_*.so"))
@@ -173,7 +164,7 @@ def test_cli_kernels_reports_and_fails_cleanly_without_a_compiler(tmp_path):
     assert "install a C compiler" in run.stderr
 
 
-def test_cli_kernels_builds_and_reports(lib, tmp_path):
+def test_cli_kernels_builds_and_reports(kernel_lib, tmp_path):
     env = {**os.environ, "ASYMVIZ_KERNEL_DIR": str(tmp_path)}
     env.pop("ASYMVIZ_KERNELS", None)
     run = subprocess.run([sys.executable, "-m", "asymviz", "kernels"], cwd=ROOT, env=env, capture_output=True, text=True)

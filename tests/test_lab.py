@@ -25,7 +25,7 @@ from asymviz.errors import ConfigError
 from asymviz.jobs import Runner
 from asymviz.store import Store
 from conftest import ROOT
-from helpers import free_port, healthy, until
+from helpers import FakePool, cmdline, descendants, free_port, healthy, until
 
 TINY = ["--dataset", "moons", "--hidden", "8", "--epochs", "2"]
 LONG = ["--dataset", "digits", "--hidden", "512,512", "--epochs", "400"]  # minutes: stopped long before
@@ -35,36 +35,6 @@ LAB_VARIABLES = ("ASYMVIZ_EXTERNAL_WORKERS", "ASYMVIZ_PASSWORD", "ASYMVIZ_INSTRU
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-def children() -> dict[int, list[int]]:
-    """parent pid -> child pids, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    tree, out, todo = children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
 
 def environ(pid: int) -> dict[str, str]:
     try:
@@ -162,22 +132,12 @@ def test_auth_mode(monkeypatch):
 
 # ------------------------------------------------------------------------- pool status, machine
 
-class FakeRunner:
-    workers = 2
-
-    def __init__(self, pids):
-        self.pids = pids
-
-    def worker_pids(self):
-        return self.pids
-
-
 def test_pool_status_lists_live_workers_only(lab_home, monkeypatch):
     monkeypatch.setenv("ASYMVIZ_HOME", str(lab_home))
     assert lab.read_pool_status() is None
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lab.write_pool_status(FakeRunner([sleeper.pid, 999_999_999]))
+        lab.write_pool_status(FakePool([sleeper.pid, 999_999_999]))
         status = lab.read_pool_status()
         assert status["pid"] == os.getpid() and status["workers"] == 2 and status["pids"] == [sleeper.pid]
     finally:

@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 from asymviz.store import Store
 from asymviz.train import TrainConfig
 from conftest import ROOT
+from helpers import FakePool
 
 PAGES = ["app.py", "pages/1_Train.py", "pages/2_Runs.py", "pages/3_Backward_timing.py",
          "pages/4_Experiment.py", "pages/5_Instructor.py"]
@@ -239,19 +240,10 @@ def test_instructor_sees_the_workers_of_serve(home, monkeypatch):
 
     from asymviz import lab
 
-    class Pool:
-        workers = 2
-
-        def __init__(self, pids):
-            self.pids = pids
-
-        def worker_pids(self):
-            return self.pids
-
     monkeypatch.setenv("ASYMVIZ_INSTRUCTOR_PASSWORD", "chalk")
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        lab.write_pool_status(Pool([worker.pid]))
+        lab.write_pool_status(FakePool([worker.pid]))
         run_id = add_run(home, "ana", status="running")
         with Store(home / "asymviz.db") as store, store._transaction() as db:
             db.execute("UPDATE runs SET worker_pid = ? WHERE id = ?", (worker.pid, run_id))
