@@ -115,7 +115,7 @@ def _hidden(spec: str, dataset: str, options: dict, split_seed: int) -> list[int
     if "-" in text and "," not in text:
         from asymviz.data import load_dataset
 
-        data = load_dataset(dataset, options, split_seed=split_seed)
+        data = load_dataset(dataset, options, split_seed=split_seed, local_files=True)
         return parse_architecture(text, data.n_features, data.n_classes)
     return parse_architecture(text)
 
@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{r['time/epoch_s']:.2f} s", file=sys.stderr, flush=True)
 
     try:
-        result = fit(config, [Progress()])
+        result = fit(config, [Progress()], local_files=True)  # --csv FILE: the local user's file
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -261,12 +261,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Queue a run for the worker pool; print its id."""
     from asymviz.jobs import Runner
 
-    config = config_from_args(args)
+    config = _uploaded(config_from_args(args))
     run_id = Runner(args.store).submit(config, owner=args.owner, tag=args.tag)
     print(run_id)
     print(f"queued run {run_id}; a worker pool (`python -m asymviz worker`, or the dashboard's) "
           f"trains it; see `python -m asymviz runs show {run_id}`.", file=sys.stderr)
     return 0
+
+
+def _uploaded(config):
+    """A queued run never names a file path (workers load only the lab's uploads): a local
+    `--csv FILE` is checked and copied into $ASYMVIZ_HOME/uploads first, and named by its id."""
+    import dataclasses
+
+    from asymviz.data import load_dataset, store_upload
+
+    options = dict(config.dataset_options or {})
+    if config.dataset != "csv" or "path" not in options:
+        return config
+    load_dataset("csv", options, local_files=True)  # one sentence if unreadable or malformed
+    with open(options["path"], "rb") as f:
+        upload_id = store_upload(f.read(), options["label"])
+    return dataclasses.replace(config, dataset_options={"upload": upload_id, "label": options["label"]})
 
 
 def _raise_interrupt(signum, frame):

@@ -10,6 +10,12 @@ Three kinds of data:
   download  MNIST and Fashion-MNIST, fetched once into `cache_dir()` and checked against MD5s
   csv       a user's CSV file: numeric feature columns plus one label column (`load_csv`)
 
+A CSV reaches a queued run (the dashboard, `submit`) only as an *upload*: `store_upload(raw, label)`
+checks the bytes and keeps them as `$ASYMVIZ_HOME/uploads/<sha256>.csv`; the run's options then
+name that id (`{"upload": <sha256>, "label": ...}`), never a path. A file path (`{"path": ...}`)
+is the local user's own business: `load_dataset(..., local_files=True)` (the `train --csv`
+command line, the library) accepts it; everything a remote user can reach loads without it.
+
 Raw arrays are cached in memory (`functools.lru_cache`), so the dashboard and experiments can
 load the same data many times; `clear_cache()` empties that cache.
 """
@@ -24,6 +30,8 @@ import io
 import os
 import pathlib
 import random
+import re
+import stat
 import tempfile
 import threading
 import urllib.error
@@ -44,6 +52,8 @@ TEST_FRACTION = 0.15
 DOWNLOAD_TIMEOUT_S = 30.0
 MAX_CSV_CLASSES = 100
 MIN_ROWS = 20
+MAX_CSV_BYTES = 20_000_000  # also the dashboard's upload limit (.streamlit/config.toml)
+UPLOAD_ID = re.compile(r"[0-9a-f]{64}")  # an upload's id: the sha256 of its bytes
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ _REGISTRY = [
                 {"limit": None}),
     DatasetInfo("csv", "Your CSV file", "csv",
                 "Numeric feature columns plus one label column.", False,
-                {"path": None, "label": None}),
+                {"upload": None, "label": None}),
 ]
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in _REGISTRY}
 KINDS = ("embedded", "download", "csv")
@@ -259,12 +269,17 @@ def _check_split_seed(split_seed: Any) -> None:
 # Public entry point
 
 
-def load_dataset(name: str, options: dict | None = None, split_seed: int = 0) -> Dataset:
-    """Load a registered dataset with `options` (defaults from DATASETS[name].options)."""
+def load_dataset(name: str, options: dict | None = None, split_seed: int = 0,
+                 local_files: bool = False) -> Dataset:
+    """Load a registered dataset with `options` (defaults from DATASETS[name].options).
+
+    local_files: whether a CSV may be named by a file path (`{"path": ...}`): only for the local
+    user's own calls (the `train` command line, the library), never for a config that came from
+    the dashboard, a link, the queue or the store, which name uploads by id."""
     info = _info(name)
     _check_split_seed(split_seed)
     if info.kind == "csv":
-        return _load_csv_options(info, options, split_seed)
+        return _load_csv_options(info, options, split_seed, local_files)
     opts = _resolve_options(info, options)
     if info.kind == "download":
         return _load_download(info, opts, split_seed)
@@ -553,8 +568,8 @@ def _unit(pixels: np.ndarray) -> np.ndarray:
 
 
 def load_csv(source: str | os.PathLike | bytes, label_column: str, split_seed: int = 0,
-             max_bytes: int = 20_000_000) -> Dataset:
-    """Load a CSV (a path, or its bytes): numeric feature columns plus `label_column`."""
+             max_bytes: int = MAX_CSV_BYTES) -> Dataset:
+    """Load a CSV (a local path, or its bytes): numeric feature columns plus `label_column`."""
     _check_split_seed(split_seed)
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
@@ -577,17 +592,81 @@ def load_csv(source: str | os.PathLike | bytes, label_column: str, split_seed: i
     return _from_arrays(DATASETS["csv"], options, x, y, list(names), split_seed)
 
 
-def _load_csv_options(info: DatasetInfo, options: dict | None, split_seed: int) -> Dataset:
+def _load_csv_options(info: DatasetInfo, options: dict | None, split_seed: int,
+                      local_files: bool) -> Dataset:
     options = dict(options or {})
-    unknown = sorted(set(options) - set(info.options))
+    if "path" in options and not local_files:
+        raise DataError("A run of the lab cannot name a file on the server; it trains on a CSV "
+                        "uploaded to the lab (dataset options 'upload', the id the upload got, "
+                        "and 'label').")
+    files = "'upload' (the id an upload got) or 'path' (a local file)" if local_files \
+        else "'upload' (the id an upload got)"
+    unknown = sorted(str(k) for k in set(options) - {"upload", "path", "label"})
     if unknown:
-        raise DataError(f"Unknown option {unknown[0]!r} for dataset 'csv'; "
-                        "accepted options: path, label.")
-    if not isinstance(options.get("path"), (str, os.PathLike)) \
-            or not isinstance(options.get("label"), str):
-        raise DataError("Dataset 'csv' needs options 'path' (a file path) and 'label' "
-                        "(the label column name).")
+        raise DataError(f"Unknown option {unknown[0][:40]!r} for dataset 'csv'; it takes {files} "
+                        "and 'label'.")
+    if ("path" in options) == ("upload" in options):
+        raise DataError(f"Dataset 'csv' needs exactly one file option, {files}, and 'label'.")
+    if not isinstance(options.get("label"), str):
+        raise DataError("Dataset 'csv' needs option 'label': the name of the label column.")
+    if "upload" in options:
+        x, y, names = _parse_csv(read_upload(options["upload"]), options["label"])
+        return _from_arrays(info, {"upload": options["upload"], "label": options["label"]},
+                            x, y, list(names), split_seed)
+    if not isinstance(options["path"], (str, os.PathLike)):
+        raise DataError("Dataset 'csv' option 'path' must be a file path.")
     return load_csv(options["path"], options["label"], split_seed)
+
+
+def uploads_dir() -> pathlib.Path:
+    """`$ASYMVIZ_HOME/uploads`: the CSV files the lab itself stored, named by their sha256."""
+    home = pathlib.Path(os.environ.get("ASYMVIZ_HOME") or "~/.asymviz").expanduser()
+    return home / "uploads"
+
+
+def store_upload(raw: bytes, label_column: str) -> str:
+    """Check an uploaded CSV (DataError with one sentence) and keep it for the lab's runs; its
+    id (sha256 hex). A file that fails the check is not written; the same bytes are stored once."""
+    raw = bytes(raw)
+    if len(raw) > MAX_CSV_BYTES:
+        raise DataError(f"The CSV is {len(raw):,} bytes; the limit is {MAX_CSV_BYTES:,} bytes.")
+    _parse_csv(raw, label_column)  # refuses what a run could not train on
+    upload_id = hashlib.sha256(raw).hexdigest()
+    folder = uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{upload_id}.csv"
+    if not path.is_file() or path.is_symlink():
+        path.unlink(missing_ok=True)
+        _atomic_write(path, lambda f: f.write(raw))
+    return upload_id
+
+
+def read_upload(upload_id) -> bytes:
+    """The bytes of the upload with this id; DataError with one sentence when the id is not one
+    the lab issued or the file is gone. Only `<64 hex digits>.csv` directly inside uploads_dir()
+    is ever opened: not through a symlink, not a device or FIFO, and its content must still hash
+    to its id."""
+    if not isinstance(upload_id, str) or not UPLOAD_ID.fullmatch(upload_id):
+        raise DataError("An uploaded CSV is named by the 64-character id the lab gave it, and "
+                        f"{str(upload_id)[:70]!r} is not one; upload the file again.")
+    path = uploads_dir() / f"{upload_id}.csv"
+    gone = DataError(f"The uploaded CSV {upload_id[:12]}... is no longer on this server; "
+                     "upload the file again.")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise gone from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CSV_BYTES:
+            raise gone
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_CSV_BYTES + 1)
+    finally:
+        os.close(fd)
+    if hashlib.sha256(raw).hexdigest() != upload_id:
+        raise gone
+    return raw
 
 
 @functools.lru_cache(maxsize=4)

@@ -68,7 +68,7 @@ class TrainConfig(JSONConfig):
     """Everything that defines a run; round-trips to JSON so any run can be repeated."""
 
     dataset: str = "digits"  # a name from asymviz.data.DATASETS, or "csv"
-    dataset_options: dict = field(default_factory=dict)  # loader options (n_samples, noise, path, label, ...)
+    dataset_options: dict = field(default_factory=dict)  # loader options (n_samples, noise, upload, label, ...)
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # hidden widths; in/out come from the data
     activation: str = "relu"  # relu | tanh | sigmoid | gelu
     strategy: str = "neuron"  # symmetric | dropout | neuron | excessive | refined
@@ -246,8 +246,13 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None) -> dict:
+def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
+        local_files: bool = False) -> dict:
     """Train one run and return its summary (a JSON-able dict with `status`).
+
+    data: an already loaded Dataset (else the config's dataset is loaded). local_files: whether
+    a CSV config may name a local file path (the local command line's `train --csv`); configs
+    from the queue, the dashboard or the store name uploads by id (see asymviz.data).
 
     Status is `finished`, `stopped` (a callback asked) or `diverged` (NaN/inf loss: the run ends
     with the metrics so far; no exception escapes). Bad configs raise ConfigError before training.
@@ -257,7 +262,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None) 
     config = config.validated()
     device = resolve_device(config.device)
     if data is None:
-        data = datasets.load_dataset(config.dataset, config.dataset_options, split_seed=config.split_seed)
+        data = datasets.load_dataset(config.dataset, config.dataset_options,
+                                     split_seed=config.split_seed, local_files=local_files)
     model = build_model(config, data.n_features, data.n_classes).to(device)
     optimizer = AsymmetricOptimizer(model, config.optimizer, lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay, update=config.update)

@@ -386,20 +386,19 @@ def csv_columns(raw: bytes) -> list[str]:
     return columns
 
 
-def save_upload(raw: bytes, folder) -> str:
-    """Write an uploaded CSV under `folder` named by its content hash (workers read it from
-    there; the same file uploaded twice is stored once); its path."""
-    import hashlib
-    import pathlib
+def upload_problem(upload_id: Any, label: Any) -> str | None:
+    """One sentence if a link's CSV (an upload id and a label column) cannot be used, else None.
+    Only the lab's own uploads resolve (asymviz.data.read_upload); nothing else is opened."""
+    from asymviz.data import read_upload
+    from asymviz.errors import DataError
 
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(raw).hexdigest()[:20]}.csv"
-    if not path.exists():
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(raw)
-        tmp.replace(path)
-    return str(path)
+    if not isinstance(label, str) or not label.strip():
+        return "The link's CSV names no label column; upload the CSV again and pick one."
+    try:
+        read_upload(upload_id)
+    except DataError as err:
+        return str(err)
+    return None
 
 
 def dataset_shape(name: str, options: dict | None = None, split_seed: int = 0) -> tuple[int, int, bool]:

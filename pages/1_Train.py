@@ -14,7 +14,7 @@ import torch
 
 import ui_common
 from asymviz import figures, ui
-from asymviz.data import DATASETS
+from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_WIDTH
 from asymviz.sparse import keep_count
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
@@ -63,9 +63,17 @@ def apply_config(config: dict) -> list[str]:
     info = DATASETS[ss["train_dataset"]]
     if info.is_2d:
         number("train_noise", options.pop("noise", info.options.get("noise", 0.2)), 0.0, TOY_NOISE_MAX, "noise")
-    if info.kind == "csv":
-        ss["train_csv_path"] = options.pop("path", None)
-        ss["train_csv_label"] = options.pop("label", None)
+    if info.kind == "csv":  # a link names an upload by the id the lab gave it, never a file
+        upload, label = options.pop("upload", None), options.pop("label", None)
+        if options.pop("path", None) is not None:
+            problems.append("A link cannot name a file on the server; upload the CSV instead.")
+        ss["train_csv_upload"], ss["train_csv_label"] = None, None
+        if upload is not None:
+            problem = ui.upload_problem(upload, label)
+            if problem:
+                problems.append(problem)
+            else:
+                ss["train_csv_upload"], ss["train_csv_label"] = upload, label
     ss["train_extra_options"] = (ss["train_dataset"], options)  # e.g. n_samples from a link
     hidden = list(c["hidden"])[:MAX_LAYERS] or [256]
     ss["train_layers"] = len(hidden)
@@ -105,7 +113,7 @@ def read_config() -> dict:
     if info.is_2d and ss.get("train_noise") is not None and ss["train_noise"] != info.options.get("noise"):
         options["noise"] = round(float(ss["train_noise"]), 3)
     if info.kind == "csv":
-        options.update(path=ss.get("train_csv_path"), label=ss.get("train_csv_label"))
+        options.update(upload=ss.get("train_csv_upload"), label=ss.get("train_csv_label"))
     strategy = ss["train_strategy"]
     return ui.full_config({
         "dataset": dataset, "dataset_options": options,
@@ -229,14 +237,20 @@ if info.kind == "csv":
         try:
             columns = ui.csv_columns(raw)
         except Exception as err:
+            ss["train_csv_upload"] = None
             errors["csv"] = ui.friendly_error(err)
             sb.error(errors["csv"])
         else:
             if ss.get("train_csv_label") not in columns:
                 ss["train_csv_label"] = columns[-1]
             sb.selectbox("Label column", columns, key="train_csv_label", help="The column that holds the class.")
-            ss["train_csv_path"] = ui.save_upload(raw, ui_common.home_folder() / "uploads")
-    elif ss.get("train_csv_path"):
+            try:  # checked in full before it is kept: a file the lab refuses is not stored
+                ss["train_csv_upload"] = store_upload(raw, ss["train_csv_label"])
+            except Exception as err:
+                ss["train_csv_upload"] = None
+                errors["csv"] = ui.friendly_error(err)
+                sb.error(errors["csv"])
+    elif ss.get("train_csv_upload"):
         sb.caption(f"Using the CSV from the link (label column {ss.get('train_csv_label')!r}).")
     else:
         errors["csv"] = "Upload a CSV file to train on your own data."

@@ -223,9 +223,10 @@ def test_mnist1d_leaves_global_rngs_and_is_cached_on_disk(monkeypatch):
     ("mnist", {"size": 5}, 0, r"accepted options: limit\."),
     ("moons", None, -1, r"split_seed must be an integer"),
     ("moons", None, 1.5, r"split_seed must be an integer"),
-    ("csv", None, 0, r"Dataset 'csv' needs options 'path' .* and 'label'"),
-    ("csv", {"path": "x.csv", "label": "y", "sep": ";"}, 0,
-     r"Unknown option 'sep' for dataset 'csv'; accepted options: path, label\."),
+    ("csv", None, 0, r"Dataset 'csv' needs exactly one file option, 'upload' .* and 'label'"),
+    ("csv", {"upload": "0" * 64, "label": "y", "sep": ";"}, 0,
+     r"Unknown option 'sep' for dataset 'csv'; it takes 'upload' \(the id an upload got\) and 'label'\."),
+    ("csv", {"path": "x.csv", "label": "y"}, 0, r"cannot name a file on the server"),
 ])
 def test_bad_name_or_options(name, options, split_seed, match):
     with pytest.raises(DataError, match=match):
@@ -437,7 +438,8 @@ def test_csv_with_string_labels_from_path(tmp_path):
     assert ds.options == {"path": str(path), "label": "species"}
     assert abs(float(ds.mean[2]) - 10) < 1
     # a stored config naming the file repeats the same dataset
-    _assert_same(ds, load_dataset("csv", {"path": str(path), "label": "species"}, split_seed=1))
+    _assert_same(ds, load_dataset("csv", {"path": str(path), "label": "species"}, split_seed=1,
+                                  local_files=True))
     json.dumps(ds.summary())
 
 
@@ -500,4 +502,4 @@ def test_csv_too_big(tmp_path):
 
 def test_csv_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"Could not read the CSV file .*nope\.csv \(No such file"):
-        load_dataset("csv", {"path": str(tmp_path / "nope.csv"), "label": "y"})
+        load_dataset("csv", {"path": str(tmp_path / "nope.csv"), "label": "y"}, local_files=True)

@@ -182,7 +182,9 @@ def test_good_csv_trains_from_the_upload(page, home):
     at.button(key="train_start").click().run()
     (run,) = runs_of(home)
     assert run["config"]["dataset"] == "csv" and run["config"]["dataset_options"]["label"] == "label"
-    assert open(run["config"]["dataset_options"]["path"], "rb").read() == content
+    options = run["config"]["dataset_options"]
+    assert set(options) == {"upload", "label"}  # an id the lab issued, never a path
+    assert (home / "uploads" / f"{options['upload']}.csv").read_bytes() == content
 
 
 def test_live_view_of_a_run_selected_by_link(page, home):
