@@ -182,10 +182,12 @@ def owner() -> str | None:
         if ss.get("owner_welcome"):
             st.sidebar.success(ss.pop("owner_welcome"), icon=":material/key:")
         st.sidebar.button("Sign out", key="owner_sign_out", on_click=_sign_out, icon=":material/logout:")
+        st.sidebar.caption("Only this tab is signed in: a reload or a new tab asks for the PIN again.")
         return claim["name"]
     with st.sidebar.form("owner_form"):
-        st.text_input("Your name", key="owner_name", max_chars=40)
+        st.text_input("Your name", key="owner_name", max_chars=40, autocomplete="username")
         st.text_input("PIN", key="owner_pin", type="password", max_chars=owners.PIN_MAX,
+                      autocomplete="current-password",
                       help=f"{owners.PIN_MIN} to {owners.PIN_MAX} characters; digits are fine.")
         st.form_submit_button("Sign in", key="owner_sign_in", on_click=_sign_in, icon=":material/login:")
     st.sidebar.caption(SIGN_IN_HELP)
