@@ -579,11 +579,6 @@ class Store:
             db.execute("UPDATE owners SET failures = 0, locked_until = NULL WHERE key = ? AND salt = ?",
                        (key, salt))
 
-    def delete_owner_claim(self, key: str) -> bool:
-        """Forget a claim (its runs keep their owner name); False if there was none."""
-        with self._transaction() as db:
-            return db.execute("DELETE FROM owners WHERE key = ?", (key,)).rowcount == 1
-
     # -- metrics ------------------------------------------------------------------------
 
     def writer(self, run_id: int, flush_every: int = 200,
