@@ -41,7 +41,7 @@ def main() -> None:
     with right:
         st.caption("Starts a small run (2 hidden layers of 32 neurons, backward keeps half of them, 40 epochs) "
                    "on a 2-D toy dataset and takes you to its live view, where the decision boundary forms."
-                   + (" Sign in first (your name and a PIN, in the sidebar)." if owner is None else ""))
+                   + (" " + ui_common.sign_in_hint("start it") if owner is None else ""))
     if clicked and owner is not None:
         try:
             run_id = ui_common.submit(dict(ui.TRY_IT_CONFIG), owner=owner)

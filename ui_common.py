@@ -196,6 +196,13 @@ def owner() -> str | None:
     return None
 
 
+def sign_in_hint(action: str) -> str:
+    """What a session that is not signed in must do first to `action` (e.g. "start a run")."""
+    if lab.auth_mode() == "oidc":
+        return f"Your login gives no name this lab can use, so you cannot {action}."
+    return f"Sign in (your name and a PIN, in the sidebar) to {action}."
+
+
 def _sign_in() -> None:
     """The sign-in form's callback: prove (or claim) the name; the PIN is not kept."""
     ss = st.session_state

@@ -369,7 +369,7 @@ if errors:
     if "config" in errors:
         st.error(errors["config"])
 elif owner is None:
-    b3.caption("Sign in (your name and a PIN, in the sidebar) to start a run.")
+    b3.caption(ui_common.sign_in_hint("start a run"))
 if start and not errors and owner is not None:
     try:
         if info.kind == "download":  # fetch it here, so an offline server says so at once

@@ -106,8 +106,7 @@ delete = a[2].button("Delete", key="runs_delete", icon=":material/delete:", disa
                      use_container_width=True,
                      help="Delete the selected runs that are yours and have ended, with all their metrics.")
 if owner is None:
-    a[3].caption("Sign in (your name and a PIN, in the sidebar) to stop or delete your runs; anyone can compare and "
-                 "export.")
+    a[3].caption(ui_common.sign_in_hint("stop or delete your runs") + " Anyone can compare and export.")
 elif len(mine) < len(chosen):
     others = sorted({r["owner"] for r in chosen if r["owner"] != owner})
     a[3].caption(f"Runs of {', '.join(others)} can be compared and exported; only their owner can stop or delete them.")

@@ -112,7 +112,7 @@ else:
     exp_id = ex.experiment_id(spec)
     again = " This grid was launched before: launching resumes it, keeping finished cells." if exp_id in known else ""
     who = (f"Runs as **{owner}**; closing the tab does not stop it." if owner is not None else
-           "Sign in (your name and a PIN, in the sidebar) to launch it.")
+           ui_common.sign_in_hint("launch it"))
     b2.caption(f"{spec.describe()} Experiment id **{exp_id}**.{again} {who}")
 if launch and spec is not None and owner is not None:
     try:

@@ -331,3 +331,15 @@ def test_only_the_instructor_password_opens_the_pin_reset(page, home, monkeypatc
     assert "changed by the instructor" in ana.sidebar.error[0].value
     type_name(ana, "ana", pin="9090")
     assert [m.value for m in ana.sidebar.markdown][0] == "Signed in as **ana**"
+
+
+def test_a_session_that_has_not_signed_in_starts_nothing(page, home):
+    at = page("app.py", owner=None)
+    assert at.button(key="home_try").disabled
+    force_click(at, "home_try")
+    at = page(TRAIN, owner=None, query_params={"dataset": "moons"})
+    assert any(c.value == "Sign in (your name and a PIN, in the sidebar) to start a run." for c in at.caption)
+    force_click(at, "train_start")
+    at = page("pages/4_Experiment.py", owner=None)
+    force_click(at, "exp_launch")
+    assert runs_of(home) == {} and "exp" not in at.query_params
