@@ -37,11 +37,12 @@ def main() -> None:
     left, right = st.columns([1, 2], vertical_alignment="center")
     with left:
         clicked = st.button("Try it: train on two moons", type="primary", key="home_try",
-                            icon=":material/play_arrow:", use_container_width=True)
+                            icon=":material/play_arrow:", use_container_width=True, disabled=owner is None)
     with right:
         st.caption("Starts a small run (2 hidden layers of 32 neurons, backward keeps half of them, 40 epochs) "
-                   "on a 2-D toy dataset and takes you to its live view, where the decision boundary forms.")
-    if clicked:
+                   "on a 2-D toy dataset and takes you to its live view, where the decision boundary forms."
+                   + (" " + ui_common.sign_in_hint("start it") if owner is None else ""))
+    if clicked and owner is not None:
         try:
             run_id = ui_common.submit(dict(ui.TRY_IT_CONFIG), owner=owner)
         except Exception as err:  # a limit, a full queue: one sentence, nothing launched

@@ -1,7 +1,7 @@
 """Streamlit helpers shared by the dashboard pages (app.py and pages/*.py).
 
 Shared, thread-safe objects live in `st.cache_resource` (the job runner and its store, the
-benchmark thread); per-browser state (the owner name) in `st.session_state`. Everything that
+benchmark thread); per-browser state (the name this session signed in as) in `st.session_state`. Everything that
 does not need Streamlit is in `asymviz.ui` and `asymviz.lab`, where it is unit-tested.
 
 `setup()` is also the lab's access gate: with ASYMVIZ_PASSWORD set (or ASYMVIZ_AUTH=oidc) a
@@ -16,7 +16,7 @@ import time
 
 import streamlit as st
 
-from asymviz import lab, ui
+from asymviz import lab, owners, ui
 
 WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
 
@@ -83,17 +83,10 @@ def _logged_in() -> bool:
 
 
 def _identity() -> str | None:
-    """With ASYMVIZ_AUTH=oidc, the logged-in user's e-mail or name as an owner name."""
-    try:
-        if lab.auth_mode() != "oidc" or not _logged_in():
-            return None
-    except Exception:
+    """With ASYMVIZ_AUTH=oidc, the logged-in user's e-mail (or provider user name) as an owner name."""
+    if not _logged_in():
         return None
-    for claim in ("email", "preferred_username", "name"):
-        name = str(st.user.get(claim) or "").strip()[:40]
-        if name and not ui.owner_problem(name):
-            return name
-    return None
+    return owners.oidc_owner({field: st.user.get(field) for field in ("email", "preferred_username")})
 
 
 def offered_datasets() -> list[str]:
@@ -156,30 +149,78 @@ def bench_executor() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asymviz-bench")
 
 
-def _owner_changed() -> None:
-    ss = st.session_state
-    name = (ss.get("owner_name") or "").strip()
-    ss["owner_problem"] = ui.owner_problem(name)
-    if not ss["owner_problem"]:
-        ss["owner"] = name
+SIGN_IN_HELP = ("Sign in to start runs and to stop or delete your own. A name nobody has taken becomes yours "
+                "with the PIN you choose; keep the PIN: a reload or a new tab asks for it again. Without "
+                "signing in you can look at every run.")
 
 
-def owner() -> str:
-    """This browser session's owner name, asked once in the sidebar (default guest-xxxx)."""
+def owner() -> str | None:
+    """Who this browser session acts as, shown in the sidebar: the identity provider's user
+    (ASYMVIZ_AUTH=oidc), else the name whose PIN this session entered (asymviz.owners); None
+    until then: the session may look at every run but start, stop or delete none.
+
+    The proof lives in this session only (never in the URL, so a shared link carries none); a
+    reload starts a new session, which asks for the PIN again. A new PIN set by the instructor
+    ends the sessions that proved the old one."""
+    if lab.auth_mode() == "oidc":  # (access_gate has already refused a bad ASYMVIZ_AUTH)
+        name = _identity()
+        if name:
+            st.sidebar.caption(f"Signed in as **{name}** (your login).")
+        else:
+            st.sidebar.warning("Your login gives no e-mail or user name this lab can use as your name: you can "
+                               "look at runs but not start any.", icon=":material/person_off:")
+        return name
     ss = st.session_state
-    identity = _identity()  # logged in through the identity provider: that is who owns the runs
-    if identity:
-        ss["owner"] = identity
-    if "owner" not in ss:
-        ss["owner"] = ui.default_owner()
-    ss["owner_name"] = ss["owner"]  # every page has its own copy of the widget: give it the name
-    st.sidebar.text_input(
-        "Your name", key="owner_name", max_chars=40, on_change=_owner_changed, disabled=bool(identity),
-        help="Shown on the runs you start; only you can stop or delete them. Kept while this tab is open: "
-             "after a reload, type the same name again to manage your runs.")
+    claim = ss.get("owner_claim")
+    if claim is not None and not owners.holds(store(), claim):
+        del ss["owner_claim"]
+        ss["owner_problem"] = (f"The PIN of {claim['name']} has been changed by the instructor: sign in again "
+                               "with the new PIN.")
+        claim = None
+    if claim is not None:
+        st.sidebar.markdown(f"Signed in as **{claim['name']}**")
+        if ss.get("owner_welcome"):
+            st.sidebar.success(ss.pop("owner_welcome"), icon=":material/key:")
+        st.sidebar.button("Sign out", key="owner_sign_out", on_click=_sign_out, icon=":material/logout:")
+        st.sidebar.caption("Only this tab is signed in: a reload or a new tab asks for the PIN again.")
+        return claim["name"]
+    with st.sidebar.form("owner_form"):
+        st.text_input("Your name", key="owner_name", max_chars=40, autocomplete="username")
+        st.text_input("PIN", key="owner_pin", type="password", max_chars=owners.PIN_MAX,
+                      autocomplete="current-password",
+                      help=f"{owners.PIN_MIN} to {owners.PIN_MAX} characters; digits are fine.")
+        st.form_submit_button("Sign in", key="owner_sign_in", on_click=_sign_in, icon=":material/login:")
+    st.sidebar.caption(SIGN_IN_HELP)
     if ss.get("owner_problem"):
-        st.sidebar.error(ss.pop("owner_problem"))
-    return ss["owner"]
+        st.sidebar.error(ss.pop("owner_problem"), icon=":material/lock:")
+    return None
+
+
+def sign_in_hint(action: str) -> str:
+    """What a session that is not signed in must do first to `action` (e.g. "start a run")."""
+    if lab.auth_mode() == "oidc":
+        return f"Your login gives no name this lab can use, so you cannot {action}."
+    return f"Sign in (your name and a PIN, in the sidebar) to {action}."
+
+
+def _sign_in() -> None:
+    """The sign-in form's callback: prove (or claim) the name; the PIN is not kept."""
+    ss = st.session_state
+    name, pin = ss.get("owner_name") or "", ss.get("owner_pin") or ""
+    ss["owner_pin"] = ""
+    try:
+        claim = owners.sign_in(store(), name, pin)
+    except Exception as err:
+        ss["owner_problem"] = ui.friendly_error(err)
+        return
+    ss["owner_claim"] = {"name": claim["name"], "stamp": claim["stamp"]}
+    if claim["claimed"]:
+        ss["owner_welcome"] = (f"The name {claim['name']} is yours now. Remember its PIN: a reload or a new tab "
+                               "asks for it again, and only your instructor can set a new one.")
+
+
+def _sign_out() -> None:
+    st.session_state.pop("owner_claim", None)
 
 
 def error(err: BaseException, where=None) -> None:

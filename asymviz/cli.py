@@ -415,10 +415,11 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 def cmd_runs_stop(args: argparse.Namespace) -> int:
     from asymviz.jobs import Runner
+    from asymviz.owners import ADMIN
 
     runner = Runner(args.store, workers=0)
     before = runner.status(args.id)["status"]
-    runner.stop(args.id)  # the CLI acts as an administrator
+    runner.stop(args.id, owner=ADMIN)  # the machine's own user: an administrator
     if before in ("queued", "running"):
         print(f"Stop requested for run {args.id} (it was {before}).")
     else:
@@ -428,12 +429,13 @@ def cmd_runs_stop(args: argparse.Namespace) -> int:
 
 def cmd_runs_delete(args: argparse.Namespace) -> int:
     from asymviz.jobs import Runner
+    from asymviz.owners import ADMIN
 
     runner = Runner(args.store, workers=0)
     if runner.status(args.id)["status"] == "running":
         raise CliError(f"Run {args.id} is running; stop it first with "
                        f"`python -m asymviz runs stop {args.id}`, then delete it.")
-    runner.delete(args.id)
+    runner.delete(args.id, owner=ADMIN)
     print(f"Deleted run {args.id}.")
     return 0
 
@@ -654,6 +656,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     from asymviz import experiment as ex
     from asymviz.jobs import Limits, Runner
+    from asymviz.owners import ADMIN
     from asymviz.ui import format_duration
 
     spec = _experiment_spec(args)
@@ -695,7 +698,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             say(f"{exp_id}: stopping ...")
-            ex.stop(runner, exp_id)
+            ex.stop(runner, exp_id, owner=ADMIN)
             runner.shutdown(grace=5.0)
             p = ex.progress(runner.store, exp_id)
             say(f"{exp_id}: interrupted with {p['done']} of {p['total']} cells done; they stay in the store, "

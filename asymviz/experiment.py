@@ -466,14 +466,25 @@ def feed(runner, exp_id: str) -> int:
         return n
 
 
-def stop(runner, exp_id: str, owner: str | None = None) -> int:
+def stop(runner, exp_id: str, owner) -> int:
     """Stop feeding the experiment and stop its queued and running cells (finished ones stay;
-    launching again resumes); return how many runs were asked to stop."""
-    runner.store.add_event(None, "experiment_stop", json.dumps({"id": exp_id, "owner": owner}))
+    launching again resumes); return how many runs were asked to stop. Only the one who last
+    launched it, or owners.ADMIN (the CLI, the Instructor page), may: NotOwner otherwise, and
+    nothing is stopped."""
+    from asymviz.jobs import NotOwner
+    from asymviz.owners import ADMIN
+
+    state = experiment_state(runner.store, exp_id)
+    launcher = state["launched_by"] or state["owner"]
+    if owner is not ADMIN and not (isinstance(owner, str) and owner and owner == launcher):
+        raise NotOwner(f"Experiment {exp_id} was launched by {launcher}; only they can stop it.")
+    runner.store.add_event(None, "experiment_stop",
+                           json.dumps({"id": exp_id, "owner": None if owner is ADMIN else owner}))
     n = 0
     for run in runner.store.list_runs(tag=exp_id, status=ACTIVE):
-        runner.stop(run["id"], owner=owner)
-        n += 1
+        if owner is ADMIN or run["owner"] == owner:  # cells queued by an earlier launcher stay theirs
+            runner.stop(run["id"], owner=owner)
+            n += 1
     return n
 
 

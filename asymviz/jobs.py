@@ -64,6 +64,7 @@ import torch
 from asymviz import store as store_module
 from asymviz.errors import AsymvizError, ConfigError
 from asymviz.model import MLP, count_parameters
+from asymviz.owners import ADMIN, Administrator
 from asymviz.sparse import MaskRecord
 from asymviz.store import TERMINAL, RunNotFound, RunStateError, Store, StoreError, pack_mask
 from asymviz.strategies import get_strategy
@@ -94,7 +95,7 @@ class LimitExceeded(AsymvizError):
 
 
 class NotOwner(AsymvizError):
-    """Someone other than a run's owner tried to stop or delete it."""
+    """Someone other than a run's owner (or an administrator) tried to stop or delete it."""
 
 
 # ----------------------------------------------------------------------------- limits
@@ -687,18 +688,19 @@ class Runner:
         self.store.add_event(run_id, "queued", f"Queued by {owner}.")
         return run_id
 
-    def stop(self, run_id: int, owner: str | None = None) -> None:
-        """Ask a run to stop (owner None: as an administrator). A queued run stops at once, a
-        running one at its worker's next step (killed after ASYMVIZ_STOP_GRACE s)."""
+    def stop(self, run_id: int, owner: str | Administrator) -> None:
+        """Ask a run to stop, as its owner or as owners.ADMIN (the CLI, the Instructor page).
+        A queued run stops at once, a running one at its worker's next step (killed after
+        ASYMVIZ_STOP_GRACE s)."""
         run = self._owned(run_id, owner)
         if run["status"] in TERMINAL:
             return
         self.store.request_stop(run_id)
-        self.store.add_event(run_id, "stop_requested",
-                             f"Stop requested by {owner or 'an administrator'}.")
+        self.store.add_event(run_id, "stop_requested", f"Stop requested by {owner}.")
 
-    def delete(self, run_id: int, owner: str | None = None) -> None:
-        """Delete a run and everything recorded for it; a running run must be stopped first."""
+    def delete(self, run_id: int, owner: str | Administrator) -> None:
+        """Delete a run and everything recorded for it, as its owner or as owners.ADMIN; a
+        running run must be stopped first."""
         self._owned(run_id, owner)
         self.store.delete_run(run_id)
 
@@ -717,9 +719,11 @@ class Runner:
                 raise TimeoutError(f"Run {run_id} is still {run['status']} after {timeout:g} s.")
             time.sleep(poll)
 
-    def _owned(self, run_id: int, owner: str | None) -> dict:
+    def _owned(self, run_id: int, owner: str | Administrator) -> dict:
+        """The run, if `owner` may act on it: ADMIN, or the name it belongs to (a page with no
+        signed-in name passes None, which owns nothing)."""
         run = self.store.get_run(run_id)
-        if owner is not None and run["owner"] != owner:
+        if owner is not ADMIN and not (isinstance(owner, str) and owner and run["owner"] == owner):
             raise NotOwner(f"Run {run_id} belongs to {run['owner']}; only its owner can stop "
                            "or delete it.")
         return run

@@ -210,12 +210,13 @@ def ended_runs(store, older_than_days: float = 0.0, now: float | None = None) ->
 
 def clear_ended_runs(runner, older_than_days: float = 0.0) -> list[int]:
     """Delete (as an administrator) the runs `ended_runs` lists; their ids."""
+    from asymviz.owners import ADMIN
     from asymviz.store import RunNotFound
 
     deleted = []
     for run in ended_runs(runner.store, older_than_days):
         try:
-            runner.delete(run["id"], owner=None)
+            runner.delete(run["id"], owner=ADMIN)
         except RunNotFound:  # deleted meanwhile by its owner
             continue
         deleted.append(run["id"])

@@ -15,7 +15,8 @@ in WAL mode, so one writer and many readers (other processes included) work at o
 Tables (see MIGRATIONS): `runs` (one row per run; `config` and `summary` are JSON text),
 `steps` and `epochs` (one flat metric dict per row, JSON), `masks` (the kept neuron indices
 per layer per step, packed into a BLOB; optional connection-mask snapshot), `events` (a log),
-`artifacts` (other JSON records of a run by kind, e.g. a decision-boundary grid per epoch).
+`artifacts` (other JSON records of a run by kind, e.g. a decision-boundary grid per epoch),
+`owners` (the names dashboard users claimed, each with a salted slow hash of its PIN).
 Queries return dicts. Every write is one `BEGIN IMMEDIATE` transaction; a write that finds the
 file locked waits (`busy_timeout`) and then retries with backoff, so "database is locked" does
 not reach callers (after about a minute of contention it becomes a `StoreError`).
@@ -128,6 +129,19 @@ MIGRATIONS = [
         data TEXT NOT NULL                      -- JSON
     );
     CREATE INDEX artifacts_by_run ON artifacts (run_id, kind, id);
+    """,
+    """
+    CREATE TABLE owners (                       -- names claimed with a PIN (see asymviz.owners)
+        key TEXT PRIMARY KEY,                   -- the name casefolded: "Ana" and "ana" are one name
+        name TEXT NOT NULL,                     -- as first claimed: the owner of its runs
+        kdf TEXT NOT NULL,                      -- how pin_hash was derived, e.g. "scrypt:16384:8:1"
+        salt BLOB NOT NULL,                     -- random, new with every PIN
+        pin_hash BLOB NOT NULL,                 -- kdf(PIN, salt); the PIN itself is never stored
+        claimed_at REAL NOT NULL,
+        pin_set_at REAL NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,    -- PIN attempts since the last right one
+        locked_until REAL                       -- no PIN of this name is checked before then
+    );
     """,
 ]
 
@@ -507,6 +521,63 @@ class Store:
                     db.execute("INSERT INTO events (run_id, at, kind, message) VALUES (?, ?, ?, ?)",
                                (run_id, now, "interrupted", sentence))
         return interrupted
+
+    # -- owners -------------------------------------------------------------------------
+    # Rows of the `owners` table; the rules (names, PINs, the key derivation, how long a name is
+    # locked after wrong PINs) are asymviz.owners'.
+
+    def owner_claim(self, key: str) -> dict | None:
+        """The claim of a name (by its key), or None if nobody claimed it."""
+        rows = self._query("SELECT * FROM owners WHERE key = ?", (key,))
+        return rows[0] if rows else None
+
+    def owner_claims(self) -> list[dict]:
+        """Every claim, by name (salts and hashes included: not for display)."""
+        return self._query("SELECT * FROM owners ORDER BY key")
+
+    def add_owner_claim(self, key: str, name: str, kdf: str, salt: bytes, pin_hash: bytes) -> bool:
+        """Claim a name nobody has; False (nothing written) if it is taken."""
+        now = time.time()
+        with self._transaction() as db:
+            return db.execute("INSERT OR IGNORE INTO owners (key, name, kdf, salt, pin_hash, claimed_at, "
+                              "pin_set_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (key, name, kdf, salt, pin_hash, now, now)).rowcount == 1
+
+    def set_owner_pin(self, key: str, name: str, kdf: str, salt: bytes, pin_hash: bytes) -> None:
+        """Give a name a new PIN (claiming it if nobody has) and clear its failed attempts; a
+        claimed name keeps the spelling it was claimed with."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("""INSERT INTO owners (key, name, kdf, salt, pin_hash, claimed_at, pin_set_at)
+                          VALUES (?, ?, ?, ?, ?, ?, ?)
+                          ON CONFLICT (key) DO UPDATE SET kdf = excluded.kdf, salt = excluded.salt,
+                              pin_hash = excluded.pin_hash, pin_set_at = excluded.pin_set_at,
+                              failures = 0, locked_until = NULL""",
+                       (key, name, kdf, salt, pin_hash, now, now))
+
+    def count_pin_attempt(self, key: str, locked_for: Callable[[int], float]) -> tuple[float, dict | None]:
+        """Count one PIN attempt on a name, atomically, before its PIN is checked:
+        (seconds to wait, None) while the name is locked (nothing counted); else (0, the claim)
+        with the attempt counted and the name locked for locked_for(attempts) seconds from now
+        (0: not locked). A right PIN then calls clear_pin_failures. None: no such claim."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM owners WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return 0.0, None
+            if row["locked_until"] is not None and row["locked_until"] > now:
+                return row["locked_until"] - now, None
+            failures = row["failures"] + 1
+            lock = locked_for(failures)
+            db.execute("UPDATE owners SET failures = ?, locked_until = ? WHERE key = ?",
+                       (failures, now + lock if lock > 0 else None, key))
+            return 0.0, {**dict(row), "failures": failures}
+
+    def clear_pin_failures(self, key: str, salt: bytes) -> None:
+        """A right PIN was entered for this claim (still with this salt): forget the attempts."""
+        with self._transaction() as db:
+            db.execute("UPDATE owners SET failures = 0, locked_until = NULL WHERE key = ? AND salt = ?",
+                       (key, salt))
 
     # -- metrics ------------------------------------------------------------------------
 

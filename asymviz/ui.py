@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import math
 import re
-import secrets
 from typing import Any, Mapping
 
 from asymviz.errors import AsymvizError, ConfigError
@@ -28,7 +27,6 @@ CONFIG_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 DEFAULTS = TrainConfig().to_dict()
 RUN_PARAM = "run"  # ?run=ID selects the run shown on the Train page
 LIVE = ("queued", "running")
-OWNER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,39}$")
 
 # "Try it": a small, fast, visual run (a few seconds on a laptop CPU).
 TRY_IT_CONFIG = {"dataset": "moons", "hidden": [32, 32], "activation": "relu", "strategy": "neuron",
@@ -200,21 +198,6 @@ def friendly_error(err: BaseException) -> str:
     if isinstance(err, AsymvizError):
         return str(err)
     return f"Something went wrong ({type(err).__name__}); the action was not carried out. Please try again."
-
-
-# --------------------------------------------------------------------------------- owners
-
-
-def default_owner() -> str:
-    """A fresh guest name like 'guest-3fa2'."""
-    return f"guest-{secrets.token_hex(2)}"
-
-
-def owner_problem(name: str) -> str | None:
-    """One sentence if `name` cannot be an owner name, else None."""
-    if not OWNER_PATTERN.match(name or ""):
-        return ("A name must be 1 to 40 letters, digits, spaces or . _ @ -, starting with a letter or digit.")
-    return None
 
 
 # --------------------------------------------------------------------------------- runs

@@ -376,13 +376,15 @@ for sentence in ss.pop("train_url_problems", []) or []:
 store = ui_common.store()
 b1, b2, b3 = st.columns([1, 1, 4], vertical_alignment="center")
 start = b1.button("Start", type="primary", key="train_start", icon=":material/play_arrow:",
-                  disabled=bool(errors), use_container_width=True,
+                  disabled=bool(errors) or owner is None, use_container_width=True,
                   help="Queue a run with this configuration; a worker starts it within a second.")
 if errors:
     b3.caption("Fix the problem shown in the sidebar to start a run.")
     if "config" in errors:
         st.error(errors["config"])
-if start and not errors:
+elif owner is None:
+    b3.caption(ui_common.sign_in_hint("start a run"))
+if start and not errors and owner is not None:
     try:
         if info.kind == "download":  # fetch it here, so an offline server says so at once
             from asymviz.data import load_dataset
@@ -407,7 +409,7 @@ if selected:
         ss["train_selected"] = None
 
 if run is not None and run["status"] in ui.LIVE:
-    mine = run["owner"] == owner
+    mine = owner is not None and run["owner"] == owner
     if b2.button("Stop", key="train_stop", icon=":material/stop:", disabled=not mine, use_container_width=True,
                  help="Stop this run after its current step." if mine else f"Only {run['owner']} can stop this run."):
         try:
@@ -416,8 +418,8 @@ if run is not None and run["status"] in ui.LIVE:
             ui_common.error(err)
         else:
             st.toast(f"Stopping run {run['id']} ...")
-if not errors:
-    b3.caption(f"Starts as **{owner}**. " + ("The run trains in the background; closing the tab does not stop it."))
+if not errors and owner is not None:
+    b3.caption(f"Starts as **{owner}**. The run trains in the background; closing the tab does not stop it.")
 
 # ------------------------------------------------------------------------------------ views
 

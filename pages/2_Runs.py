@@ -2,7 +2,7 @@
 
 Filter by dataset, strategy, status and owner; the selected runs' curves are overlaid, their
 final numbers tabulated (with the backward speedup against the symmetric run of the same
-config), exported as CSV or JSON; their owner can stop or delete them.
+config), exported as CSV or JSON; their owner, signed in, can stop or delete them.
 """
 
 import csv
@@ -92,7 +92,7 @@ if not selected:
 
 # ----------------------------------------------------------------------------------- actions
 chosen = [by_id[i] for i in selected]
-mine = [r for r in chosen if r["owner"] == owner]
+mine = [r for r in chosen if owner is not None and r["owner"] == owner]
 a = st.columns([1, 1, 1, 3], vertical_alignment="center")
 if len(chosen) == 1 and a[0].button("Open in Train", key="runs_open", icon=":material/open_in_new:",
                                     use_container_width=True):
@@ -105,7 +105,9 @@ stop = a[1].button("Stop", key="runs_stop", icon=":material/stop:", disabled=not
 delete = a[2].button("Delete", key="runs_delete", icon=":material/delete:", disabled=not deletable,
                      use_container_width=True,
                      help="Delete the selected runs that are yours and have ended, with all their metrics.")
-if len(mine) < len(chosen):
+if owner is None:
+    a[3].caption(ui_common.sign_in_hint("stop or delete your runs") + " Anyone can compare and export.")
+elif len(mine) < len(chosen):
     others = sorted({r["owner"] for r in chosen if r["owner"] != owner})
     a[3].caption(f"Runs of {', '.join(others)} can be compared and exported; only their owner can stop or delete them.")
 if stop or delete:

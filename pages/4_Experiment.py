@@ -104,16 +104,17 @@ except Exception as err:
 known = {e["id"]: e for e in ex.list_experiments(store)}
 b1, b2 = st.columns([1, 4], vertical_alignment="center")
 launch = b1.button("Launch", type="primary", key="exp_launch", icon=":material/rocket_launch:",
-                   disabled=spec is None, width="stretch",
+                   disabled=spec is None or owner is None, width="stretch",
                    help="Queue the grid's cells for the worker pool; the same grid again resumes it.")
 if problem:
     st.error(problem)
 else:
     exp_id = ex.experiment_id(spec)
     again = " This grid was launched before: launching resumes it, keeping finished cells." if exp_id in known else ""
-    b2.caption(f"{spec.describe()} Experiment id **{exp_id}**.{again} Runs as **{owner}**; closing the tab does "
-               "not stop it.")
-if launch and spec is not None:
+    who = (f"Runs as **{owner}**; closing the tab does not stop it." if owner is not None else
+           ui_common.sign_in_hint("launch it"))
+    b2.caption(f"{spec.describe()} Experiment id **{exp_id}**.{again} {who}")
+if launch and spec is not None and owner is not None:
     try:
         with st.spinner("Preparing the data ..."):
             ex.prepare_data(spec)
@@ -172,7 +173,7 @@ if prog["complete"]:
     live_progress(exp_id, True)
 else:
     st.fragment(live_progress, run_every=max(2.0, ui_common.refresh_seconds()))(exp_id, False)
-mine = (state["launched_by"] or state["owner"]) == owner
+mine = owner is not None and (state["launched_by"] or state["owner"]) == owner
 a1, a2, a3 = st.columns([1, 1, 4], vertical_alignment="center")
 if not prog["complete"] and a1.button("Stop", key="exp_stop", icon=":material/stop:", disabled=not mine,
                                       width="stretch",
@@ -184,8 +185,8 @@ if not prog["complete"] and a1.button("Stop", key="exp_stop", icon=":material/st
     else:
         st.rerun()
 if prog["complete"] and (prog["failed"] or prog["stopped"]) and a1.button(
-        "Resume", key="exp_resume", icon=":material/replay:", width="stretch",
-        help="Launch the grid again: failed, stopped and missing cells are run, finished ones kept."):
+        "Resume", key="exp_resume", icon=":material/replay:", width="stretch", disabled=owner is None,
+        help="Launch the grid again: failed, stopped and missing cells are run, finished ones kept.") and owner:
     try:
         ex.launch(exp_spec, ui_common.runner(), owner=owner)
     except Exception as err:

@@ -1,6 +1,6 @@
-"""Instructor page: every run of every owner, stop any of them, clear old runs, and the queue
-and the workers' load. Behind its own password, ASYMVIZ_INSTRUCTOR_PASSWORD (unset: the page
-says the view is disabled and how to enable it).
+"""Instructor page: every run of every owner, stop any of them, clear old runs, give a name a
+new PIN, and the queue and the workers' load. Behind its own password,
+ASYMVIZ_INSTRUCTOR_PASSWORD (unset: the page says the view is disabled and how to enable it).
 
 The worker processes are this server's own pool (`streamlit run app.py`) or, under
 `python -m asymviz serve` (the lab image), the pool that `serve` records in
@@ -8,12 +8,14 @@ $ASYMVIZ_HOME/workers.json.
 """
 
 import os
+import time
 
 import pandas as pd
 import streamlit as st
 
 import ui_common
-from asymviz import lab, ui
+from asymviz import lab, owners, ui
+from asymviz.owners import ADMIN
 from asymviz.store import TERMINAL
 
 ui_common.setup("Instructor", ":material/admin_panel_settings:")
@@ -102,6 +104,44 @@ def live_view() -> None:
 
 live_view()
 
+# ------------------------------------------------------------------------------------ names and PINs
+
+
+def set_pin() -> None:
+    """The PIN form's callback: the new PIN is used, then forgotten."""
+    name, pin = ss.get("instructor_pin_name") or "", ss.get("instructor_pin_new") or ""
+    ss["instructor_pin_new"] = ""
+    try:
+        ss["instructor_pin_done"] = owners.set_pin(store, name, pin)
+    except Exception as err:
+        ss["instructor_pin_problem"] = ui.friendly_error(err)
+
+
+st.subheader("Names and PINs")
+named = owners.claims(store)
+if named:
+    now = time.time()
+    st.dataframe(pd.DataFrame([{
+        "name": c["name"], "claimed": ui.created_text(c["claimed_at"]), "PIN set": ui.created_text(c["pin_set_at"]),
+        "attempts since the last right PIN": c["failures"],
+        "locked": f"{ui.format_duration(c['locked_until'] - now)} more" if (c["locked_until"] or 0) > now else "",
+    } for c in named]), hide_index=True, key="instructor_names")
+else:
+    st.caption("No one has signed in yet.")
+with st.form("instructor_pin_form"):
+    n1, n2, n3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    n1.text_input("Name", key="instructor_pin_name", max_chars=40)
+    n2.text_input("New PIN", key="instructor_pin_new", type="password", max_chars=owners.PIN_MAX)
+    n3.form_submit_button("Set PIN", key="instructor_pin_set", icon=":material/key:", on_click=set_pin,
+                          use_container_width=True)
+st.caption("Students sign in with a name and a PIN they choose; for one who forgot their PIN, or whose name "
+           "someone else took, set a new PIN here and tell them. It unlocks the name, and sessions signed in with "
+           "the old PIN must sign in again. PINs are stored only as salted hashes.")
+if "instructor_pin_done" in ss:
+    st.success(f"{ss.pop('instructor_pin_done')} has a new PIN.", icon=":material/key:")
+if "instructor_pin_problem" in ss:
+    st.error(ss.pop("instructor_pin_problem"))
+
 # ------------------------------------------------------------------------------------ all runs
 
 st.subheader("All runs")
@@ -127,7 +167,7 @@ to_stop = c1.multiselect("Stop runs", list(live), key="instructor_stop_ids",
 if c2.button("Stop", key="instructor_stop", icon=":material/stop:", disabled=not to_stop, use_container_width=True):
     for run_id in to_stop:
         try:
-            runner.stop(run_id, owner=None)  # as an administrator
+            runner.stop(run_id, owner=ADMIN)
         except Exception as err:
             ui_common.error(err)
     st.success(f"Stop requested for run{'s' if len(to_stop) > 1 else ''} "

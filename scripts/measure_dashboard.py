@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 CONFIG = "dataset=digits&hidden=256,256&strategy=neuron&sparsity=0.9"
+OWNER, PIN = f"measure-{secrets.token_hex(3)}", secrets.token_hex(4)  # a fresh name, also on a --url dashboard
 
 WAIT_FIRST_POINT = """async (timeout) => {
     const start = performance.now();
@@ -82,9 +84,18 @@ def start_server(home: str):
     return proc, f"http://127.0.0.1:{port}"
 
 
+def sign_in(page) -> None:
+    """Sign in from the sidebar, as every page load (a new session) needs; claims OWNER the first time."""
+    page.get_by_role("textbox", name="Your name").fill(OWNER)
+    page.get_by_role("textbox", name="PIN", exact=True).fill(PIN)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text(f"Signed in as {OWNER}").wait_for()
+
+
 def start_and_time(page, url: str, seed: int, epochs: int) -> float:
     """Seconds from clicking Start to the first point on the loss chart."""
     page.goto(f"{url}/Train?{CONFIG}&epochs={epochs}&seed={seed}")
+    sign_in(page)
     button = page.get_by_role("button", name="Start")
     button.wait_for()
     page.wait_for_timeout(500)  # let the page settle
@@ -139,7 +150,7 @@ def main() -> None:
             page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(
                 (time.monotonic(), len(payload)))))
             start_and_time(page, url, seed=200, epochs=500)
-            run_url, owner = page.url, page.get_by_role("textbox", name="Your name").input_value()
+            run_url = page.url
             page.goto("about:blank")
             if proc is not None:  # server CPU with no page open, over the same window
                 c0 = cpu_seconds(proc.pid)
@@ -154,9 +165,7 @@ def main() -> None:
             watched = page.evaluate(WATCH, args.watch * 1000)
             elapsed = time.monotonic() - t0
             busy_cpu = cpu_seconds(proc.pid) - c0 if proc is not None else None
-            page.get_by_role("textbox", name="Your name").fill(owner)  # a new tab is a new session: take the name back
-            page.get_by_role("textbox", name="Your name").press("Enter")
-            page.wait_for_timeout(1500)
+            sign_in(page)  # a new tab is a new session: sign in again to stop the run
             stop_run(page)
             browser.close()
         updates = watched["updates"]

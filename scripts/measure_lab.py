@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: polling, ports, h
 
 from asymviz import lab  # noqa: E402
 from asymviz.jobs import Limits, Runner, cpu_count  # noqa: E402
+from asymviz.owners import ADMIN  # noqa: E402
 from helpers import cmdline, free_port, healthy, process_tree, until  # noqa: E402
 
 DEFAULT = {"dataset": "digits", "hidden": [256, 256], "strategy": "neuron", "sparsity": 0.9, "epochs": 500}
@@ -123,7 +124,7 @@ def measure_memory(settle: float) -> list[tuple[str, dict]]:
             pid = run["worker_pid"]
             time.sleep(settle)
             rows.append((label, memory_of(pid)))
-            runner.stop(run_id)
+            runner.stop(run_id, owner=ADMIN)
             until(lambda: runner.status(run_id)["status"] != "running", 60, "the run to stop")
         runner.store.close()
     finally:
@@ -156,7 +157,7 @@ def measure_throughput(workers: int, threads: int, runs: int, seconds: float) ->
         elapsed = time.monotonic() - t0
         rates = [(steps_done(runner.store, i, seen) - start[i]) / elapsed for i in ids]
         for i in ids:
-            runner.stop(i)
+            runner.stop(i, owner=ADMIN)
         return rates
     finally:
         runner.shutdown(grace=5)

@@ -21,13 +21,33 @@ def home(monkeypatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
+PIN = "2468"  # the PIN of every name the page fixture signs in
+
+
+def signed_in(home, name: str) -> dict:
+    """The session state of a dashboard session signed in as `name`, as its sign-in form leaves
+    it (the name is claimed with PIN in the store at `home` if nobody has it)."""
+    from asymviz import owners
+    from asymviz.store import Store
+
+    with Store(home / "asymviz.db") as store:
+        claim = owners.sign_in(store, name, PIN)
+    return {"owner_claim": {"name": claim["name"], "stamp": claim["stamp"]}}
+
+
 @pytest.fixture
 def page(home):
-    """page("pages/1_Train.py", query_params={...}, state={...}) -> an AppTest that has run
-    that page of the app (entered through app.py, as a browser would)."""
+    """page("pages/1_Train.py", query_params={...}, state={...}, owner="student") -> an AppTest
+    that has run that page of the app (entered through app.py, as a browser would), signed in
+    as `owner` (state={"owner": name} says the same; owner=None: a session not signed in)."""
     from streamlit.testing.v1 import AppTest
 
-    def open_page(path: str = "app.py", query_params: dict | None = None, state: dict | None = None):
+    def open_page(path: str = "app.py", query_params: dict | None = None, state: dict | None = None,
+                  owner: str | None = "student"):
+        state = dict(state or {})
+        owner = state.pop("owner", owner)
+        if owner is not None:
+            state.update(signed_in(home, owner))
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
         for key, value in (state or {}).items():
             at.session_state[key] = value

@@ -1,8 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` (with its own worker processes) on
 127.0.0.1 and a temporary ASYMVIZ_HOME, driven by Debian's Chromium through Playwright.
 
-Start a run on digits and watch its loss curve gain points, stop it, find it `stopped` on the
-Runs page; start one on moons and see its decision boundary. Screenshots go to artifacts/.
+Sign in, start a run on digits and watch its loss curve gain points, stop it, find it `stopped`
+on the Runs page; in a new tab sign in again, start one on moons and see its decision boundary. Screenshots go to artifacts/.
 When ASYMVIZ_REQUIRE_BROWSER=1 (as in .ci/run) a missing Chromium or Playwright fails the tests;
 otherwise they skip with the reason.
 """
@@ -132,8 +132,17 @@ def _wait_for(page, predicate, what: str, timeout_s: float = WAIT_MS / 1000):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def _sign_in(page, name="ana", pin="2468"):
+    """Sign in from the sidebar, as a student does (the first time, this claims the name)."""
+    page.get_by_role("textbox", name="Your name").fill(name)
+    page.get_by_role("textbox", name="PIN", exact=True).fill(pin)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text(f"Signed in as {name}").wait_for()
+
+
 def test_digits_run_trains_live_stops_and_shows_up_stopped(server, page):
     page.goto(server + "/Train?dataset=digits&hidden=1024,1024&epochs=400&seed=7")  # long enough to stop
+    _sign_in(page)
     start = page.get_by_role("button", name="Start")
     start.wait_for()
     assert "seed=7" in page.url and "epochs=400" in page.url  # the config lives in the URL
@@ -158,6 +167,7 @@ def test_digits_run_trains_live_stops_and_shows_up_stopped(server, page):
 
 def test_moons_run_draws_a_decision_boundary(server, page):
     page.goto(server + "/Train?dataset=moons&hidden=32,32&epochs=30&batch_size=32&lr=0.01&sparsity=0.5")
+    _sign_in(page)  # a new tab: the PIN again
     page.get_by_role("button", name="Start").click()
     page.get_by_text("Decision boundary after epoch").wait_for()
     _wait_for(page, lambda: any("image" in types for types in page.evaluate(TRACE_TYPES)), "the boundary image")

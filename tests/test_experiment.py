@@ -14,7 +14,8 @@ import pytest
 from asymviz import experiment as ex
 from asymviz import figures_experiment as fx
 from asymviz.errors import ConfigError
-from asymviz.jobs import LimitExceeded
+from asymviz.jobs import LimitExceeded, NotOwner
+from asymviz.owners import ADMIN
 from asymviz.store import Store
 from asymviz.train import TrainConfig, fit
 
@@ -191,7 +192,10 @@ def test_feed_respects_the_runner_limits_and_stop():
         finish(store, run_id)
     feeder = ex.Feeder(runner)
     assert feeder.feed_all() == 3  # the dashboard's thread tops up as room frees
-    assert ex.stop(runner, exp_id) == 3
+    with pytest.raises(NotOwner, match=f"Experiment {exp_id} was launched by ana"):
+        ex.stop(runner, exp_id, owner="bob")  # only its launcher (or an administrator) stops it ...
+    assert not ex.progress(store, exp_id)["stopped"]  # ... and bob's attempt stopped nothing
+    assert ex.stop(runner, exp_id, owner="ana") == 3
     p = ex.progress(store, exp_id)
     assert p["stopped"] and p["pending"] == 0 and p["complete"] and p["failed"] == 3 + 6  # 3 stopped, 6 never submitted
     assert feeder.feed_all() == 0 and ex.feed(runner, exp_id) == 0

@@ -19,6 +19,7 @@ import asymviz.jobs as jobs
 from asymviz.errors import ConfigError, DataError
 from asymviz.jobs import (GRID_KIND, INTERRUPTED_BY_PARENT, INTERRUPTED_BY_SHUTDOWN, LimitExceeded,
                           Limits, NotOwner, Runner, StoreCallback, config_key, find_reference_run)
+from asymviz.owners import ADMIN
 from asymviz.sparse import MaskRecord
 from asymviz.store import RunStateError, Store, unpack_mask
 from asymviz.train import Callback, TrainConfig, fit, predict_grid
@@ -125,7 +126,7 @@ def test_per_owner_and_queue_limits(path):
     runner.submit(QUICK, owner="bob")
     with pytest.raises(LimitExceeded, match=r"queue is full: 3 .*ASYMVIZ_MAX_QUEUE"):
         runner.submit(QUICK, owner="cy")
-    runner.stop(a1)  # a queued run stops at once and frees its place
+    runner.stop(a1, owner="ana")  # a queued run stops at once and frees its place
     assert runner.status(a1)["status"] == "stopped"
     assert runner.submit(QUICK, owner="ana") > a2
 
@@ -174,18 +175,32 @@ def test_only_the_owner_stops_or_deletes(path):
     with pytest.raises(NotOwner):
         runner.delete(run_id, owner="bob")
     assert runner.status(run_id)["status"] == "queued"
+    for nobody in (None, "", "ALICE"):  # no one signed in, an empty name, a look-alike
+        with pytest.raises(NotOwner):
+            runner.stop(run_id, owner=nobody)
     runner.stop(run_id, owner="alice")
     assert runner.status(run_id)["status"] == "stopped"
-    runner.delete(run_id)  # an administrator
+    assert runner.store.events(run_id)[0]["message"] == "Stop requested by alice."
+    runner.delete(run_id, owner=ADMIN)  # an administrator (the CLI, the Instructor page)
     assert runner.store.list_runs() == []
+
+
+def test_the_administrator_stops_any_run_and_says_so(path):
+    runner = Runner(path, workers=0)
+    run_id = runner.submit(QUICK, owner="alice")
+    runner.stop(run_id, owner=ADMIN)
+    assert runner.status(run_id)["status"] == "stopped"
+    assert runner.store.events(run_id)[0]["message"] == "Stop requested by an administrator."
+    with pytest.raises(ConfigError, match="owner"):  # a run always has a name; the CLI's is "cli"
+        runner.submit(QUICK, owner=ADMIN)
 
 
 def test_a_running_run_cannot_be_deleted(store):
     run = claimed(store, QUICK)
     runner = Runner(store, workers=0)
     with pytest.raises(RunStateError, match="stop it before deleting it"):
-        runner.delete(run["id"])
-    runner.stop(run["id"])  # running: flagged for its worker
+        runner.delete(run["id"], owner=ADMIN)
+    runner.stop(run["id"], owner=ADMIN)  # running: flagged for its worker
     assert runner.status(run["id"])["stop_requested"] and store.stop_requested(run["id"])
     with pytest.raises(TimeoutError, match=f"Run {run['id']} is still running after 0.3 s"):
         runner.wait(run["id"], timeout=0.3, poll=0.05)
@@ -502,7 +517,7 @@ def test_a_worker_that_ignores_a_stop_is_killed_after_the_grace(make_runner, mon
     runner.start()
     run = until(lambda: (r := runner.status(run_id))["status"] == "running" and r, what="running")
     until(lambda: runner.store.steps(run_id), what="the first steps")
-    runner.stop(run_id)
+    runner.stop(run_id, owner=ADMIN)
     run = runner.wait(run_id, timeout=30)
     assert run["status"] == "stopped"
     assert "killed" in [e["kind"] for e in runner.store.events(run_id)]

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from asymviz.store import Store
 from asymviz.train import TrainConfig
-from conftest import ROOT
+from conftest import ROOT, signed_in
 from helpers import FakePool
 
 PAGES = ["app.py", "pages/1_Train.py", "pages/2_Runs.py", "pages/3_Backward_timing.py",
@@ -30,10 +30,11 @@ def elements(at) -> list[tuple[str, object]]:
     return out
 
 
-def opened(path="app.py", state=None):
-    """An AppTest that entered through app.py (as a browser does) and then opened `path`."""
+def opened(path="app.py", state=None, owner=None, home=None):
+    """An AppTest that entered through app.py (as a browser does) and then opened `path`; with
+    `owner` (and the store's `home`), signed in as that name."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    for key, value in (state or {}).items():
+    for key, value in {**(state or {}), **(signed_in(home, owner) if owner else {})}.items():
         at.session_state[key] = value
     at.run()
     if path != "app.py":
@@ -100,7 +101,7 @@ def test_the_right_password_opens_every_page_for_the_session(home, monkeypatch):
     monkeypatch.setenv("ASYMVIZ_PASSWORD", "sesame")
     at = enter(opened(), "sesame")
     assert at.title[0].value.startswith("asymviz")
-    assert at.text_input(key="owner_name").value.startswith("guest-")
+    assert at.text_input(key="owner_name").value == "" and at.button(key="owner_sign_in")  # not signed in yet
     assert "sesame" not in repr(at.session_state)  # a token, not the password
     at.switch_page("pages/1_Train.py").run()
     assert not at.exception and at.title[0].value == "Train"
@@ -108,7 +109,7 @@ def test_the_right_password_opens_every_page_for_the_session(home, monkeypatch):
 
 def test_without_a_lab_password_there_is_no_gate(home):
     at = opened()
-    assert at.title and not [e for e in elements(at) if e[0] == "form"]
+    assert at.title and [t.key for t in at.text_input] == ["owner_name", "owner_pin"]  # only the sign-in form
 
 
 def test_oidc_mode_shows_only_the_login_button(home, monkeypatch):
@@ -157,7 +158,7 @@ def test_instructor_sees_every_owner_and_stops_anyones_run(home, monkeypatch):
     queued = add_run(home, "ana")
     running = add_run(home, "ben", status="running")
     ended = add_run(home, "cleo", status="finished")
-    at = enter(opened(INSTRUCTOR, state={"owner": "teacher"}), "chalk", key="instructor")
+    at = enter(opened(INSTRUCTOR, owner="teacher", home=home), "chalk", key="instructor")
     table = table_with(at, "status")
     assert set(table["owner"]) == {"ana", "ben", "cleo"} and len(table) == 3
     queue = table_with(at, "queued")
@@ -204,7 +205,7 @@ def test_instructor_can_leave_the_view(home, monkeypatch):
 
 def test_the_train_page_offers_only_the_labs_datasets(home, monkeypatch):
     monkeypatch.setenv("ASYMVIZ_DATASETS", "circles, moons")
-    at = opened("pages/1_Train.py")
+    at = opened("pages/1_Train.py", owner="ana", home=home)
     box = at.selectbox(key="train_dataset")
     assert box.options == ["Two moons", "Circles"]  # in the Train page's order, not the variable's
     assert box.value == "moons" and not at.warning  # digits is not offered: the first offered one, silently

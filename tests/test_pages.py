@@ -14,7 +14,7 @@ TRAIN, RUNS, TIMING = "pages/1_Train.py", "pages/2_Runs.py", "pages/3_Backward_t
 TRAIN_KEYS = ["train_dataset", "train_layers", "train_width_0", "train_width_1", "train_activation",
               "train_strategy", "train_sparsity", "train_selection", "train_granularity", "train_dropout",
               "train_optimizer", "train_lr", "train_batch_size", "train_epochs", "train_seed", "train_device",
-              "train_start", "owner_name"]
+              "train_start", "owner_sign_out"]
 
 
 def runs_of(home):

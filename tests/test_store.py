@@ -55,7 +55,7 @@ def test_empty_file_gets_the_whole_schema(tmp_path):
         assert s.schema_version == len(MIGRATIONS)
     db = sqlite3.connect(tmp_path / "a.db")
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"schema_version", "runs", "steps", "epochs", "masks", "events", "artifacts"} <= tables
+    assert {"schema_version", "runs", "steps", "epochs", "masks", "events", "artifacts", "owners"} <= tables
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -1,4 +1,4 @@
-"""asymviz.ui: configs round-trip through URL query params; sentences, owners, run helpers."""
+"""asymviz.ui: configs round-trip through URL query params; sentences, run helpers."""
 
 import pytest
 
@@ -39,8 +39,6 @@ def test_validate_and_sentences():
     assert ui.sparsity_problem(0.99) is None
     assert ui.keep_per_layer([256, 10], 0.9) == [26, 1]
     assert "26 of 256" in ui.keep_caption([256], 0.9)
-    assert ui.owner_problem("guest-ab12") is None and ui.owner_problem("") and ui.owner_problem("x" * 50)
-    assert ui.default_owner().startswith("guest-") and len(ui.default_owner()) == 10
     assert ui.friendly_error(ConfigError("Bad.")) == "Bad."
     assert "Traceback" not in ui.friendly_error(RuntimeError("boom"))
 
