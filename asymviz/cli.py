@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 
 from asymviz.errors import AsymvizError, ConfigError
@@ -553,6 +554,51 @@ def _add_run_commands(sub) -> None:
         _add_store_flag(p)
 
 
+# ----------------------------------------------------------------------------- owners
+
+def cmd_owners_list(args: argparse.Namespace) -> int:
+    from asymviz import owners
+
+    with _open_store(args) as store:
+        for row in owners.claims(store):
+            locked = row["locked_until"] and row["locked_until"] > time.time()
+            print(f"{row['name']:<40} claimed {_when(row['claimed_at'])}  "
+                  f"{row['failures']} wrong PIN(s) in a row{'  LOCKED' if locked else ''}")
+    return 0
+
+
+def cmd_owners_set_pin(args: argparse.Namespace) -> int:
+    """The machine's own user gives a name a new PIN (a lab without an instructor password)."""
+    import getpass
+
+    from asymviz import owners
+
+    pin = args.pin if args.pin is not None else getpass.getpass(f"New PIN for {args.name}: ")
+    with _open_store(args) as store:
+        name = owners.set_pin(store, args.name, pin)
+    print(f"{name} has a new PIN; sessions signed in with the old one no longer act as {name}.",
+          file=sys.stderr)
+    return 0
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _add_owner_commands(sub) -> None:
+    owners = sub.add_parser("owners", help="the names claimed in the dashboard, and new PINs for them")
+    verbs = owners.add_subparsers(dest="owners_command", metavar="ACTION", parser_class=_Parser)
+    verbs.required = True
+    p = verbs.add_parser("list", help="claimed names, with wrong PIN attempts and locks")
+    p.set_defaults(func=cmd_owners_list)
+    p = verbs.add_parser("set-pin", help="give a name a new PIN (asked for when --pin is not given)")
+    p.add_argument("name")
+    p.add_argument("--pin", help="the new PIN (4 to 32 characters); prefer the prompt, which is not logged")
+    p.set_defaults(func=cmd_owners_set_pin)
+    for p in verbs.choices.values():
+        _add_store_flag(p)
+
+
 # ----------------------------------------------------------------------------- serve
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -803,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_experiment_command(sub)
     _add_serve_command(sub)
+    _add_owner_commands(sub)
 
     return parser
 

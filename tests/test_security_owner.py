@@ -343,3 +343,27 @@ def test_a_session_that_has_not_signed_in_starts_nothing(page, home):
     at = page("pages/4_Experiment.py", owner=None)
     force_click(at, "exp_launch")
     assert runs_of(home) == {} and "exp" not in at.query_params
+
+
+def test_the_machines_user_resets_a_pin_from_the_command_line(home):
+    """A lab without an instructor password: `owners set-pin` is the reset, `owners list` the view."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "asymviz", "owners", *args], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "ASYMVIZ_HOME": str(home)})
+
+    with Store(home / "asymviz.db") as store:
+        old = owners.sign_in(store, "ana", "1111")
+    p = cli("set-pin", "Ana", "--pin", "2222")
+    assert p.returncode == 0 and "new PIN" in p.stderr
+    with Store(home / "asymviz.db") as store:
+        assert not owners.holds(store, old)
+        assert owners.sign_in(store, "ana", "2222")["name"] == "ana"
+        with pytest.raises(SignInError):
+            owners.sign_in(store, "ana", "1111")
+    assert "ana" in cli("list").stdout
+    p = cli("set-pin", "cli", "--pin", "2222")
+    assert p.returncode == 2 and "reserved" in p.stderr and len(p.stderr.strip().splitlines()) == 1
