@@ -115,6 +115,7 @@ else:
                "not stop it.")
 if launch and spec is not None:
     try:
+        ui_common.check_can_train()
         with st.spinner("Preparing the data ..."):
             ex.prepare_data(spec)
         launched = ex.launch(spec, ui_common.runner(), owner=owner)
@@ -187,6 +188,7 @@ if prog["complete"] and (prog["failed"] or prog["stopped"]) and a1.button(
         "Resume", key="exp_resume", icon=":material/replay:", width="stretch",
         help="Launch the grid again: failed, stopped and missing cells are run, finished ones kept."):
     try:
+        ui_common.check_can_train()
         ex.launch(exp_spec, ui_common.runner(), owner=owner)
     except Exception as err:
         ui_common.error(err)
