@@ -440,7 +440,10 @@ class Trouble:
             self.failures, self.delay, self._said = 0, 0.0, None
 
     def _log(self, text: str) -> None:
-        print(f"asymviz {self.who}: {text}", file=sys.stderr, flush=True)
+        try:
+            print(f"asymviz {self.who}: {text}", file=sys.stderr, flush=True)
+        except OSError:  # the log itself cannot be written (it may live on the same failing disk)
+            pass
 
 
 def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None = None) -> str:
