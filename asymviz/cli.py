@@ -4,7 +4,8 @@
     python -m asymviz --help
 
 Every subcommand turns bad input into one sentence on stderr and exit status 2 (never a
-traceback); set ASYMVIZ_DEBUG=1 to see tracebacks of unexpected errors.
+traceback); set ASYMVIZ_DEBUG=1 to see tracebacks of unexpected errors. Output cut short by its
+reader (`runs show 3 | head`) ends the command quietly with status 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
