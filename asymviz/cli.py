@@ -327,7 +327,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 trouble.recovered()
                 pause = 1.0
             except StoreError as exc:  # logged once; the pool goes on (its supervisor retries too)
-                pause = max(1.0, trouble.failed(exc, store_advice(runner.store.path)))
+                pause = max(1.0, trouble.failed(exc, store_advice(runner.store.path, exc)))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -607,7 +607,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     _report_runs(runner.store, seen)
                     store_log.recovered()
                 except StoreError as exc:
-                    store_retry = now + store_log.failed(exc, store_advice(runner.store.path))
+                    store_retry = now + store_log.failed(exc, store_advice(runner.store.path, exc))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the shutdown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -567,7 +567,7 @@ class Feeder:
 
     def _loop(self) -> None:
         from asymviz.jobs import Trouble
-        from asymviz.store import StoreError, StoreReplaced, store_advice
+        from asymviz.store import StoreReplaced, store_advice
 
         trouble = Trouble("experiment feeder")
         pause = self.every
@@ -579,8 +579,7 @@ class Feeder:
             except StoreReplaced:  # for good in this process; every page says so (ui_common)
                 return
             except Exception as exc:  # a failing store, a deleted run: logged once, tried again later
-                advice = store_advice(self.runner.store.path) if isinstance(exc, StoreError) else None
-                pause = max(self.every, trouble.failed(exc, advice))
+                pause = max(self.every, trouble.failed(exc, store_advice(self.runner.store.path, exc)))
 
 
 # ---------------------------------------------------------------------------------- results

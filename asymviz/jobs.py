@@ -408,7 +408,7 @@ class Trouble:
 
         trouble = Trouble("supervisor")
         try: ...; trouble.recovered()
-        except StoreError as exc: time.sleep(trouble.failed(exc, store_advice(path)))
+        except StoreError as exc: time.sleep(trouble.failed(exc, store_advice(path, exc)))
     """
 
     def __init__(self, who: str, first: float = 1.0, cap: float = MAX_BACKOFF_S):
@@ -512,7 +512,6 @@ def work(store: Store, interrupt: Callable[[], str | None], wake: threading.Even
     A run whose end could not be written (the store failed while it trained) is ended `failed`
     with the store's sentence before any other run is claimed, so it does not stay `running`."""
     trouble = trouble or Trouble(f"worker pid {os.getpid()}")
-    advice = store_advice(store.path)
     unended: tuple[int, str] | None = None  # (run id, sentence) of a run whose end is not written
     while interrupt() is None:
         try:
@@ -521,7 +520,7 @@ def work(store: Store, interrupt: Callable[[], str | None], wake: threading.Even
                 unended = None
             run = store.claim_next(os.getpid(), HOST) if store.count(("queued",)) else None
         except StoreError as exc:
-            wake.wait(trouble.failed(exc, advice))
+            wake.wait(trouble.failed(exc, store_advice(store.path, exc)))
             continue
         trouble.recovered()
         if run is None:
@@ -531,7 +530,7 @@ def work(store: Store, interrupt: Callable[[], str | None], wake: threading.Even
             execute(store, run, interrupt)
         except StoreError as exc:
             unended = (run["id"], error_sentence(exc))
-            wake.wait(trouble.failed(exc, advice))
+            wake.wait(trouble.failed(exc, store_advice(store.path, exc)))
 
 
 def _warm_up() -> None:
@@ -706,8 +705,7 @@ class Runner:
                 trouble.recovered()
                 pause = SUPERVISE_S
             except Exception as exc:  # the supervisor outlives a failing store or a failed spawn
-                advice = store_advice(self.store.path) if isinstance(exc, StoreError) else None
-                pause = max(SUPERVISE_S, trouble.failed(exc, advice))
+                pause = max(SUPERVISE_S, trouble.failed(exc, store_advice(self.store.path, exc)))
 
     def _supervise(self) -> None:
         """Replace dead workers (their runs end interrupted) and hard-stop runs past grace."""

@@ -147,8 +147,11 @@ class StoreReplaced(StoreError):
     """The store's file was deleted or replaced at its path while this Store had it open."""
 
 
-def store_advice(path: str | os.PathLike) -> str:
-    """What to do about a run store that fails to read or write (a clause for a log line)."""
+def store_advice(path: str | os.PathLike, error: BaseException | None = None) -> str | None:
+    """What to do about a run store at `path` that fails to read or write (a clause for a log
+    line); None for an error that is no StoreError or whose sentence says it (StoreReplaced)."""
+    if error is not None and (not isinstance(error, StoreError) or isinstance(error, StoreReplaced)):
+        return None
     name = Path(path).name
     return (f"check that {Path(path).parent} and its files {name}, {name}-wal and {name}-shm can be "
             "written (not read-only, not immutable: `lsattr`, `chattr -i`) and that the disk has free space")
