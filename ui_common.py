@@ -6,25 +6,74 @@ does not need Streamlit is in `asymviz.ui` and `asymviz.lab`, where it is unit-t
 
 `setup()` is also the lab's access gate: with ASYMVIZ_PASSWORD set (or ASYMVIZ_AUTH=oidc) a
 page renders nothing but the password form (or the login button) until the session is in.
+Past the gate it says on every page what keeps this server from training: its workers gone
+(new runs refused, `check_can_train`), or its run store file deleted or replaced (the page stops).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
 import time
 
 import streamlit as st
 
 from asymviz import lab, owners, ui
+from asymviz.errors import AsymvizError
 
 WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
 
 
 def setup(title: str, icon: str) -> None:
-    """Page config and the access gate; call first on every page."""
+    """Page config, the access gate and the server's health; call first on every page."""
     st.set_page_config(page_title=f"{title} · asymviz", page_icon=icon, layout="wide")
     access_gate()
+    server_health()
+
+
+class CannotTrain(AsymvizError):
+    """This server cannot train a new run (its workers are gone): the sentence says what to do."""
+
+
+def server_health() -> None:
+    """Say what keeps this server from working, on every page: the run store file deleted or
+    replaced under it (an error; the page stops: nothing can be read or recorded), or its
+    workers gone (an error; runs can be watched, new ones are refused) or restarting (a warning)."""
+    try:
+        the_runner = runner()
+        problem = the_runner.store.file_problem()
+    except Exception as err:  # the store cannot even be opened: one sentence, nothing else
+        error(err)
+        st.stop()
+    if problem:
+        _log_once(problem)
+        st.error(problem, icon=":material/database:")
+        st.stop()
+    workers = lab.pool_problem(the_runner)
+    if workers is not None:
+        fatal, sentence = workers
+        (st.error if fatal else st.warning)(sentence, icon=":material/engineering:")
+
+
+@st.cache_resource(show_spinner=False)
+def _logged() -> set:
+    return set()
+
+
+def _log_once(sentence: str) -> None:
+    """Write a problem of the server to its log once (not once per page view)."""
+    logged = _logged()
+    if sentence not in logged:
+        logged.add(sentence)
+        print(f"asymviz dashboard: {sentence}", file=sys.stderr, flush=True)
+
+
+def check_can_train() -> None:
+    """Raise CannotTrain (its one sentence) when no worker will ever train a new run here."""
+    problem = lab.pool_problem(runner())
+    if problem is not None and problem[0]:
+        raise CannotTrain(problem[1])
 
 
 def access_gate() -> None:
@@ -100,8 +149,10 @@ def offered_datasets() -> list[str]:
 
 
 def submit(config: dict, owner: str) -> int:
-    """Queue a run from a page: the runner checks the config, the lab's dataset list
-    (DatasetNotOffered) and the limits, each with one sentence; the run id."""
+    """Queue a run from a page: refused (CannotTrain) when no worker would train it; the runner
+    checks the config, the lab's dataset list (DatasetNotOffered) and the limits, each with one
+    sentence; the run id."""
+    check_can_train()
     return runner().submit(config, owner=owner)
 
 

@@ -4,7 +4,8 @@
     python -m asymviz --help
 
 Every subcommand turns bad input into one sentence on stderr and exit status 2 (never a
-traceback); set ASYMVIZ_DEBUG=1 to see tracebacks of unexpected errors.
+traceback); set ASYMVIZ_DEBUG=1 to see tracebacks of unexpected errors. Output cut short by its
+reader (`runs show 3 | head`) ends the command quietly with status 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -321,20 +322,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from asymviz.jobs import Runner
+    from asymviz.jobs import Runner, Trouble, log_fatal_signals
+    from asymviz.store import StoreError, store_advice
 
     runner = Runner(args.store, workers=args.workers)
     if runner.workers < 1:
         raise CliError(f"--workers must be at least 1, got {runner.workers}.")
+    log_fatal_signals()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     seen: dict[int, str] = {}
+    trouble = Trouble("worker pool")
     try:
         runner.start(force=True)  # even where ASYMVIZ_EXTERNAL_WORKERS=1 tells servers not to
         print(f"asymviz worker: {runner.workers} worker process(es) on {runner.store.path}; "
               "Ctrl-C stops.", file=sys.stderr, flush=True)
+        pause = 1.0
         while True:
-            time.sleep(1.0)
-            _report_runs(runner.store, seen)
+            time.sleep(pause)
+            try:
+                _report_runs(runner.store, seen)
+                trouble.recovered()
+                pause = 1.0
+            except StoreError as exc:  # logged once; the pool goes on (its supervisor retries too)
+                pause = max(1.0, trouble.failed(exc, store_advice(runner.store.path, exc)))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -343,7 +353,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         runner.shutdown(grace=args.grace)
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    _report_runs(runner.store, seen)
+    try:
+        _report_runs(runner.store, seen)
+    except StoreError as exc:
+        print(f"asymviz worker: {exc}", file=sys.stderr)
     print("asymviz worker: stopped.", file=sys.stderr)
     return 0
 
@@ -604,14 +617,20 @@ def _add_owner_commands(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The lab's one process tree: the worker pool in this process, the Streamlit server as its
     child (told by ASYMVIZ_EXTERNAL_WORKERS=1 to start no pool of its own). SIGTERM or Ctrl-C
-    stops the server, then the pool: running runs end `interrupted`, never left `running`."""
+    stops the server, then the pool: running runs end `interrupted`, never left `running`.
+    Killed outright (SIGKILL), it takes its children along: the Streamlit server is started with
+    `lab.die_with_parent`, and the workers end their run and exit when their parent is gone.
+    A failing store or pool status file is logged once and retried; it never ends the server."""
     import signal
     import subprocess
+    import time
     from pathlib import Path
 
     from asymviz import lab
-    from asymviz.jobs import Runner
+    from asymviz.jobs import Runner, Trouble, log_fatal_signals
+    from asymviz.store import StoreError, store_advice
 
+    log_fatal_signals()
     signals: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
                 for s in (signal.SIGTERM, signal.SIGINT)}
@@ -629,17 +648,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from asymviz import kernels
         print(f"asymviz serve: CPU kernels: {kernels.status()}", file=sys.stderr, flush=True)
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-             "--server.address", args.address, "--server.headless", "true",
-             "--server.fileWatcherType", "none"],  # serving, not developing: no reload on edits
+            lab.die_with_parent(["-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+                                 "--server.address", args.address, "--server.headless", "true",
+                                 "--server.fileWatcherType", "none"]),  # serving: no reload on edits
             cwd=app.parent, env={**os.environ, "ASYMVIZ_EXTERNAL_WORKERS": "1"})
+        pool_file, store_log = Trouble("serve (pool status file)"), Trouble("serve")
+        pool_retry = store_retry = 0.0  # no try before these times (monotonic): back-off
         while not signals and server.poll() is None:
             try:
                 server.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 pass
-            lab.write_pool_status(runner)  # workers the supervisor replaced get new pids
-            _report_runs(runner.store, seen)
+            now = time.monotonic()
+            if now >= pool_retry:
+                try:
+                    lab.write_pool_status(runner)  # workers the supervisor replaced get new pids
+                    pool_file.recovered()
+                except OSError as exc:
+                    pool_retry = now + pool_file.failed(exc, f"check that {lab.home()} can be written")
+            if now >= store_retry:
+                try:
+                    _report_runs(runner.store, seen)
+                    store_log.recovered()
+                except StoreError as exc:
+                    store_retry = now + store_log.failed(exc, store_advice(runner.store.path, exc))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the shutdown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -655,8 +687,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 server.wait()
         if runner is not None:
             runner.shutdown(grace=args.grace)
-            lab.clear_pool_status()
-            _report_runs(runner.store, seen)
+            try:
+                lab.clear_pool_status()
+                _report_runs(runner.store, seen)
+            except (OSError, StoreError) as exc:
+                print(f"asymviz serve: {exc}", file=sys.stderr, flush=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
     if not signals:
@@ -858,7 +893,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`runs show 2 | head`): stop quietly, as Unix tools do when they
+        # die of SIGPIPE, with its exit status; what is left to write goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (AsymvizError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -220,22 +220,34 @@ def _split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _build(name: str, info: DatasetInfo, options: dict, class_names: list[str],
            x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
            x_test: np.ndarray, y_test: np.ndarray) -> Dataset:
-    """Standardize with train statistics and wrap the splits as fresh tensors."""
-    mean = x_train.mean(axis=0, dtype=np.float64)  # (F,)
-    std = x_train.std(axis=0, dtype=np.float64)  # (F,)
-    std[std < 1e-12] = 1.0  # constant feature: leave it centred, do not divide by 0
+    """Standardize with train statistics and wrap the splits as fresh tensors. DataError when
+    the statistics or the standardized values are not finite (values too large: the spread
+    overflows float64), which would otherwise train on zeros and NaNs."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, with a sentence
+        mean = x_train.mean(axis=0, dtype=np.float64)  # (F,)
+        std = x_train.std(axis=0, dtype=np.float64)  # (F,)
+        std[std < 1e-12] = 1.0  # constant feature: leave it centred, do not divide by 0
+        splits = [((x - mean) / std).astype(np.float32) for x in (x_train, x_val, x_test)]  # (N, F) each
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    for z in splits:
+        bad |= ~np.isfinite(z).all(axis=0)
+    if bad.any():
+        numbers = ", ".join(str(i + 1) for i in np.flatnonzero(bad)[:10])
+        raise DataError(f"The features cannot be standardized: feature column(s) {numbers} (counted from 1 in "
+                        "file order, the label column left out) hold values so large that their mean or spread "
+                        "overflows; rescale them (e.g. divide by a power of ten) so that they stay far below 1e150.")
 
-    def features(x: np.ndarray) -> torch.Tensor:
-        return torch.tensor(((x - mean) / std).astype(np.float32))  # (N, F)
+    def features(z: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(z)  # (N, F) float32
 
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.tensor(y, dtype=torch.int64)  # (N,)
 
     return Dataset(
         name=name,
-        x_train=features(x_train), y_train=labels(y_train),
-        x_val=features(x_val), y_val=labels(y_val),
-        x_test=features(x_test), y_test=labels(y_test),
+        x_train=features(splits[0]), y_train=labels(y_train),
+        x_val=features(splits[1]), y_val=labels(y_val),
+        x_test=features(splits[2]), y_test=labels(y_test),
         n_features=x_train.shape[1],
         n_classes=len(class_names),
         class_names=list(class_names),

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import platform
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -578,11 +577,20 @@ class Feeder:
         return n
 
     def _loop(self) -> None:
-        while not self._halt.wait(self.every):
+        from asymviz.jobs import Trouble
+        from asymviz.store import StoreReplaced, store_advice
+
+        trouble = Trouble("experiment feeder")
+        pause = self.every
+        while not self._halt.wait(pause):
             try:
                 self.feed_all()
-            except Exception as exc:  # a locked store, a deleted run: try again next time
-                print(f"asymviz experiment feeder: {type(exc).__name__}: {exc}", file=sys.stderr)
+                trouble.recovered()
+                pause = self.every
+            except StoreReplaced:  # for good in this process; every page says so (ui_common)
+                return
+            except Exception as exc:  # a failing store, a deleted run: logged once, tried again later
+                pause = max(self.every, trouble.failed(exc, store_advice(self.runner.store.path, exc)))
 
 
 # ---------------------------------------------------------------------------------- results

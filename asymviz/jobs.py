@@ -30,7 +30,11 @@ probability, 3 decimals)}. Training points are not stored: the figure reloads th
 Stop is cooperative (a worker looks at most every 0.2 s) with a hard kill after a grace period.
 Crash safety: a dead worker's run ends `interrupted` with its metrics kept (the pool's
 supervisor, or `Store.reconcile` at the next start); a run whose code raises ends `failed`
-with one sentence and the worker takes the next run.
+with one sentence and the worker takes the next run. A store that fails (read-only, immutable,
+deleted, full disk) never ends a worker or the supervisor: each logs it once with what to do
+(`Trouble`), retries with back-off, and a run whose end could not be written is ended `failed`
+with the store's sentence as soon as the store works again. A worker ends its run and exits
+when its parent process is gone (it checks with every stop check and every idle poll).
 
 Environment:
   ASYMVIZ_WORKERS             pool size (default: one per core; 0 = no pool)
@@ -46,6 +50,7 @@ Environment:
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import json
 import math
 import os
@@ -66,9 +71,10 @@ from asymviz.errors import AsymvizError, ConfigError
 from asymviz.model import MLP, count_parameters
 from asymviz.owners import ADMIN, Administrator
 from asymviz.sparse import MaskRecord
-from asymviz.store import TERMINAL, RunNotFound, RunStateError, Store, StoreError, pack_mask
+from asymviz.store import (TERMINAL, RunNotFound, RunStateError, Store, StoreError, pack_mask,
+                           store_advice)
 from asymviz.strategies import get_strategy
-from asymviz.train import Callback, FitContext, TrainConfig, fit
+from asymviz.train import Callback, FitContext, TrainConfig, fit, resolve_device
 
 HOST = socket.gethostname()
 POLL_S = 0.15  # an idle worker looks for queued runs this often
@@ -395,9 +401,56 @@ def finish_run(store: Store, run_id: int, status: str, error: str | None = None,
     return True
 
 
+class Trouble:
+    """A problem a long-lived loop keeps meeting (a store that cannot be written, a status file
+    that cannot be replaced): logged once with what to do when it starts (again only if its
+    sentence changes) and once when it is over; `failed` says how long to wait before the next
+    try, doubling from `first` up to `cap` seconds.
+
+        trouble = Trouble("supervisor")
+        try: ...; trouble.recovered()
+        except StoreError as exc: time.sleep(trouble.failed(exc, store_advice(path, exc)))
+    """
+
+    def __init__(self, who: str, first: float = 1.0, cap: float = MAX_BACKOFF_S):
+        self.who, self.first, self.cap = who, first, cap
+        self.failures = 0
+        self.delay = 0.0
+        self._since = 0.0
+        self._said: str | None = None
+
+    def failed(self, exc: BaseException, advice: str | None = None) -> float:
+        """Count one failure (log it if it is new); the seconds to wait before trying again."""
+        sentence = error_sentence(exc)
+        if not self.failures:
+            self._since = time.monotonic()
+        self.failures += 1
+        self.delay = min(self.cap, 2 * self.delay if self.delay else self.first)
+        if sentence != self._said:
+            self._said = sentence
+            fix = f" To fix it, {advice}." if advice and advice not in sentence else ""
+            self._log(f"{sentence}{fix} Retrying with back-off (up to every {self.cap:g} s); logged again "
+                      "only if this changes, and when it works again.")
+        return self.delay
+
+    def recovered(self) -> None:
+        """The last try worked: say so once if it had been failing."""
+        if self.failures:
+            self._log(f"works again, after {self.failures} failed tries in "
+                      f"{time.monotonic() - self._since:.0f} s.")
+            self.failures, self.delay, self._said = 0, 0.0, None
+
+    def _log(self, text: str) -> None:
+        try:
+            print(f"asymviz {self.who}: {text}", file=sys.stderr, flush=True)
+        except OSError:  # the log itself cannot be written (it may live on the same failing disk)
+            pass
+
+
 def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None = None) -> str:
     """Train one claimed (running) run into the store; return its final status ("deleted" if
-    it was deleted meanwhile). Errors end the run `failed` with one sentence; none escape."""
+    it was deleted meanwhile). Errors end the run `failed` with one sentence; none escape but a
+    StoreError that kept even that end from being written (`work` writes it later)."""
     run_id = run["id"]
     callback = StoreCallback(store, run_id, interrupt=interrupt)
     try:
@@ -417,13 +470,27 @@ def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None 
 _TERMINATED = threading.Event()  # set by SIGTERM inside a worker process
 
 
+def log_fatal_signals() -> None:
+    """Let a fatal signal (SIGBUS, SIGSEGV, ...) leave a Python traceback on stderr, so a process
+    of the lab never ends without a line in its log (a no-op where stderr is not a file)."""
+    try:
+        faulthandler.enable()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _worker_main(path: str, threads: int, parent_pid: int) -> None:
     """A worker process: claim queued runs one at a time and train them until told to exit
     (SIGTERM) or until its parent process is gone."""
+    log_fatal_signals()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the pool decides
     signal.signal(signal.SIGTERM, lambda *_: _TERMINATED.set())
     torch.set_num_threads(threads)
-    store = Store(path)
+    try:
+        store = Store(path)
+    except StoreError as exc:  # the supervisor logs the exit and starts another after a back-off
+        print(f"asymviz worker pid {os.getpid()}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
     _warm_up()
 
     def interrupt() -> str | None:
@@ -433,20 +500,38 @@ def _worker_main(path: str, threads: int, parent_pid: int) -> None:
             return INTERRUPTED_BY_PARENT
         return None
 
+    work(store, interrupt, _TERMINATED)
+    store.close()
+
+
+def work(store: Store, interrupt: Callable[[], str | None], wake: threading.Event,
+         trouble: Trouble | None = None) -> None:
+    """A worker's loop: claim the oldest queued run, train it, repeat, until interrupt() gives a
+    reason (idle, it looks every POLL_S; `wake` set ends a wait early).
+
+    A store error never ends the loop: it is logged once (`trouble`) and retried with back-off.
+    A run whose end could not be written (the store failed while it trained) is ended `failed`
+    with the store's sentence before any other run is claimed, so it does not stay `running`."""
+    trouble = trouble or Trouble(f"worker pid {os.getpid()}")
+    unended: tuple[int, str] | None = None  # (run id, sentence) of a run whose end is not written
     while interrupt() is None:
         try:
+            if unended is not None:
+                finish_run(store, unended[0], "failed", error=unended[1])
+                unended = None
             run = store.claim_next(os.getpid(), HOST) if store.count(("queued",)) else None
-        except StoreError:  # locked for long: try again later
-            run = None
-            time.sleep(1.0)
+        except StoreError as exc:
+            wake.wait(trouble.failed(exc, store_advice(store.path, exc)))
+            continue
+        trouble.recovered()
         if run is None:
-            _TERMINATED.wait(POLL_S)
+            wake.wait(POLL_S)
             continue
         try:
             execute(store, run, interrupt)
-        except StoreError:  # the store stayed locked even for the final status: the run's
-            time.sleep(1.0)  # stale heartbeat will end it interrupted
-    store.close()
+        except StoreError as exc:
+            unended = (run["id"], error_sentence(exc))
+            wake.wait(trouble.failed(exc, store_advice(store.path, exc)))
 
 
 def _warm_up() -> None:
@@ -577,12 +662,25 @@ class Runner:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(5)
-            self._interrupt_runs_of({proc.pid for proc in procs}, INTERRUPTED_BY_SHUTDOWN)
+            try:
+                self._interrupt_runs_of({proc.pid for proc in procs}, INTERRUPTED_BY_SHUTDOWN)
+            except StoreError as exc:  # the next start's reconcile ends them `interrupted`
+                print(f"asymviz: the runs of the stopped workers could not be marked interrupted "
+                      f"(the next start does it): {exc}", file=sys.stderr, flush=True)
 
     def workers_alive(self) -> int:
         """How many of this runner's worker processes are alive now."""
         with self._lock:
             return sum(proc.is_alive() for proc in self._procs)
+
+    def pool_alive(self) -> bool | None:
+        """Whether this runner's own worker pool is being kept (its supervisor thread runs);
+        None when it has none (ASYMVIZ_EXTERNAL_WORKERS=1, 0 workers, or not started)."""
+        with self._lock:
+            supervisor = self._supervisor
+            if supervisor is None:
+                return False if self._procs else None
+            return supervisor.is_alive()
 
     def worker_pids(self) -> list[int]:
         """Process ids of this runner's live workers."""
@@ -596,15 +694,19 @@ class Runner:
         self._born[proc.pid] = time.monotonic()
 
     def _supervise_loop(self) -> None:
+        trouble = Trouble("supervisor")
         next_reconcile = time.monotonic() + RECONCILE_S
-        while not self._halt.wait(SUPERVISE_S):
+        pause = SUPERVISE_S
+        while not self._halt.wait(pause):
             try:
                 self._supervise()
                 if time.monotonic() >= next_reconcile:  # other pools' dead workers, stale runs
                     self.store.reconcile(stale_after=self.stale_after)
                     next_reconcile = time.monotonic() + RECONCILE_S
-            except Exception as exc:  # the supervisor outlives a locked store or a failed spawn
-                print(f"asymviz supervisor: {error_sentence(exc)}", file=sys.stderr)
+                trouble.recovered()
+                pause = SUPERVISE_S
+            except Exception as exc:  # the supervisor outlives a failing store or a failed spawn
+                pause = max(SUPERVISE_S, trouble.failed(exc, store_advice(self.store.path, exc)))
 
     def _supervise(self) -> None:
         """Replace dead workers (their runs end interrupted) and hard-stop runs past grace."""
@@ -614,11 +716,12 @@ class Runner:
             dead = [proc for proc in self._procs if not proc.is_alive()]
             if dead:
                 self._procs = [proc for proc in self._procs if proc not in dead]
-                self._reconcile_dead({proc.pid for proc in dead})
                 self._plan_replacements(dead)
-            self._enforce_stops()
             while len(self._procs) < self.workers and time.monotonic() >= self._next_spawn:
                 self._spawn()
+            if dead:  # (a failing store raises here; the periodic reconcile catches up later)
+                self._reconcile_dead({proc.pid for proc in dead})
+            self._enforce_stops()
 
     def _plan_replacements(self, dead: list) -> None:
         """Log dead workers; replace them at once unless they died young (then back off)."""
@@ -680,6 +783,7 @@ class Runner:
         if not isinstance(owner, str) or not owner.strip():
             raise ConfigError(f"A run's owner must be a non-empty name, got {owner!r}.")
         config = config.validated()
+        resolve_device(config.device)  # `cuda` without a GPU here: refused as `train` refuses it
         self.limits.check_config(config)
         # Counting and inserting in one write transaction: concurrent submitters, in this
         # process or others (the dashboard, the CLI), cannot both pass a queue limit.

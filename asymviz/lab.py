@@ -9,7 +9,9 @@ scripts/measure_lab.py share it.
     ASYMVIZ_AUTH=oidc                   log in with Streamlit's st.login instead (README)
 
 The pool status file ($ASYMVIZ_HOME/workers.json) is how a server started by `serve` (whose
-Streamlit process runs no workers: ASYMVIZ_EXTERNAL_WORKERS=1) learns which processes train.
+Streamlit process runs no workers: ASYMVIZ_EXTERNAL_WORKERS=1) learns which processes train,
+and `pool_problem` whether any will (the dashboard says so on every page and refuses new runs
+when none will). `die_with_parent` is how `serve` keeps its Streamlit child from outliving it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hmac
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -123,6 +126,61 @@ def read_pool_status(path: Path | None = None) -> dict | None:
         return None
     status["pids"] = [pid for pid in status.get("pids", []) if pid_alive(pid)]
     return status
+
+
+def pool_problem(runner, path: Path | None = None) -> tuple[bool, str] | None:
+    """What is wrong with the workers that train this server's runs: (fatal, sentence), or None
+    when nothing is (or nothing is known: without a pool of its own and without a `serve` pool
+    file, a `python -m asymviz worker` may train elsewhere).
+
+    fatal: no process will train a queued run (the `serve` process that owned the pool is gone,
+    or this server's own pool stopped), so new runs must be refused. Not fatal: the pool is kept
+    but no worker is alive right now (it is starting new ones); queued runs wait."""
+    own = runner.pool_alive()
+    if own is not None:
+        if not own:
+            return True, ("The training workers of this server stopped, so no run can train and new runs "
+                          "are refused; restart the dashboard.")
+        if runner.workers_alive() == 0:
+            return False, "No training worker is alive right now; new ones are starting, so queued runs wait."
+        return None
+    if os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() not in ("1", "true", "yes"):
+        return None
+    try:
+        status = json.loads((path or home() / POOL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or status.get("host") != socket.gethostname():
+        return None
+    if not pid_alive(status.get("pid")):
+        return True, (f"The worker pool of this lab (the `python -m asymviz serve` process, pid "
+                      f"{status.get('pid')}) is gone, so no run can train and new runs are refused; "
+                      "restart the lab (`python -m asymviz serve`, or its container).")
+    if status.get("workers") and not any(pid_alive(pid) for pid in status.get("pids") or []):
+        return False, "No training worker is alive right now; new ones are starting, so queued runs wait."
+    return None
+
+
+# ----------------------------------------------------------------------------- child processes
+
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: killed with the parent
+if os.getppid() != parent:  # the parent died before the line above
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def die_with_parent(args: list[str]) -> list[str]:
+    """The command that runs `python *args` as a child that is killed (SIGKILL) when this
+    process dies, even by SIGKILL: Linux's PR_SET_PDEATHSIG, set in a tiny launcher that then
+    execs the real command (the setting survives exec). Call it from a thread that lives as long
+    as the process (the main thread): the kernel ties the signal to the creating thread. Elsewhere
+    than Linux the command runs without that guard."""
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
 def pid_alive(pid) -> bool:

@@ -26,6 +26,13 @@ A run moves `queued -> running -> finished | stopped | failed | diverged | inter
 
 One `Store` is safe to share between threads (one connection behind a lock). Across processes,
 open one `Store` per process; a `Store` carried into a forked child reconnects there.
+
+Two ways a store can be pulled from under a running lab are refused before SQLite sees them,
+each as one StoreError sentence: the file deleted or replaced at its path while open (the inode
+differs; `StoreReplaced`: this process never writes the old file again, which shares its -wal
+and -shm files with the new one), and the files made read-only or immutable while open (SQLite
+writes its -shm through a shared memory map even to read, and a write to an immutable mapped
+file kills the process with SIGBUS instead of returning an error).
 """
 
 from __future__ import annotations
@@ -150,6 +157,20 @@ class StoreError(AsymvizError):
     """The run store cannot be opened or used (unwritable path, locked too long, corrupt)."""
 
 
+class StoreReplaced(StoreError):
+    """The store's file was deleted or replaced at its path while this Store had it open."""
+
+
+def store_advice(path: str | os.PathLike, error: BaseException | None = None) -> str | None:
+    """What to do about a run store at `path` that fails to read or write (a clause for a log
+    line); None for an error that is no StoreError or whose sentence says it (StoreReplaced)."""
+    if error is not None and (not isinstance(error, StoreError) or isinstance(error, StoreReplaced)):
+        return None
+    name = Path(path).name
+    return (f"check that {Path(path).parent} and its files {name}, {name}-wal and {name}-shm can be "
+            "written (not read-only, not immutable: `lsattr`, `chattr -i`) and that the disk has free space")
+
+
 class RunNotFound(AsymvizError):
     """No run has this id (never created, or deleted)."""
 
@@ -191,11 +212,19 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._pid = os.getpid()
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
+        self._shm_writable = False  # the -shm file could be written when the file was opened
         self._open()
 
     # -- connection ---------------------------------------------------------------------
 
     def _open(self) -> None:
+        file = os.path.abspath(self.path) if self.path != ":memory:" else None
+        if file is not None and _OPEN_FILES.get(file) and os.path.lexists(file + "-shm") \
+                and not os.access(file + "-shm", os.W_OK):
+            # Another Store of this process maps the -shm file writable; SQLite would share that map.
+            raise StoreError(f"Cannot open the run store at {self.path}: its file {file}-shm became "
+                             f"read-only or immutable while it was open; {store_advice(file)}.")
         try:
             if self.path != ":memory:":
                 folder = Path(self.path).parent
@@ -220,6 +249,47 @@ class Store:
             self._conn = None
             raise StoreError(f"Cannot open the run store at {self.path}: "
                              f"{_reason(exc.__cause__ or exc)}.") from exc
+        if file is not None:
+            self._file = file  # what SQLite opened, whatever the cwd later
+            _OPEN_FILES[file] = _OPEN_FILES.get(file, 0) + 1
+            try:
+                info = os.stat(file)
+            except OSError:
+                return
+            self._identity = (info.st_dev, info.st_ino)
+            self._shm_writable = os.access(file + "-shm", os.W_OK)
+
+    def file_problem(self) -> str | None:
+        """Why this Store must not touch its file any more, as one sentence; None when all is well
+        (see `_file_error`)."""
+        error = self._file_error()
+        return None if error is None else str(error)
+
+    def _file_error(self) -> StoreError | None:
+        """The path no longer names the file that was opened (deleted, or replaced by another
+        file: StoreReplaced), or the -shm file that could be written when it was opened cannot be
+        written now (made read-only or immutable: SQLite would die of SIGBUS writing through its
+        memory map); None when neither."""
+        if self._identity is None:
+            return None
+        try:
+            info = os.stat(self._file)
+            same = (info.st_dev, info.st_ino) == self._identity
+        except FileNotFoundError:
+            same = False
+        except OSError:
+            same = True  # cannot look (a folder without search permission): SQLite will say
+        if not same:
+            return StoreReplaced(
+                f"The run store file {self.path} was deleted or replaced while this process had it open, "
+                "so runs can be neither shown nor recorded here; restart the lab (every asymviz process) "
+                "so that it opens the file now at that path (a deleted file cannot be recovered: restore "
+                "a backup with the lab stopped).")
+        shm = self._file + "-shm"
+        if self._shm_writable and not os.access(shm, os.W_OK) and os.path.lexists(shm):
+            return StoreError(f"The run store at {self.path} cannot be used: its file {shm} became "
+                              f"read-only or immutable while it was open; {store_advice(self._file)}.")
+        return None
 
     def _migrate(self) -> None:
         """Apply the MIGRATIONS this file has not seen yet, all in one transaction."""
@@ -270,7 +340,13 @@ class Store:
         with self._lock:
             self._closed = True
             if self._conn is not None:
-                self._conn.close()
+                error = self._file_error()
+                if error is not None and not isinstance(error, StoreReplaced):
+                    _HELD_OPEN.append(self._conn)  # closing writes the -shm file: SIGBUS while immutable
+                else:
+                    self._conn.close()
+                    if self.path != ":memory:" and _OPEN_FILES.get(self._file, 0) > 0:
+                        _OPEN_FILES[self._file] -= 1
                 self._conn = None
 
     def __enter__(self) -> Store:
@@ -286,10 +362,14 @@ class Store:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """Hold the lock; turn SQLite errors (not integrity ones) into a StoreError."""
+        """Hold the lock; refuse a file pulled from under us (`file_problem`); turn SQLite errors
+        (not integrity ones) into a StoreError."""
         if self._pid != os.getpid():
             self._reopen_in_child()
         with self._lock:
+            error = self._file_error()
+            if error is not None:
+                raise error
             try:
                 yield
             except sqlite3.IntegrityError:
@@ -856,6 +936,8 @@ def unpack_mask(blob: bytes):
 # -- helpers --------------------------------------------------------------------------------
 
 _FORK_ORPHANS: list = []  # connections inherited through fork (see Store._reopen_in_child)
+_OPEN_FILES: dict[str, int] = {}  # absolute store path -> Stores of this process that have it open
+_HELD_OPEN: list = []  # connections not closed because their -shm file became immutable (Store.close)
 
 # Kept neuron indices are stored sorted, as whichever is smaller: a tag byte then either
 # little-endian uint16 / uint32 indices (b"H" / b"I") or a bitset of n bits (b"B", bit i of

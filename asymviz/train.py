@@ -187,6 +187,45 @@ class FitContext:
         self.stop_reason = reason
 
 
+OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2}  # tensors of parameter size an optimizer keeps
+
+
+def training_bytes(n_params: int, optimizer: str) -> int:
+    """Memory a model of n_params float32 parameters takes to train: the weights, their gradients
+    and the optimizer's state (Adam: two moments, momentum: one buffer); activations not counted."""
+    return 4 * n_params * (2 + OPTIMIZER_STATE.get(optimizer, 2))
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new model on `device`: a GPU's free memory, or the machine's available
+    memory capped by a container's limit; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    from asymviz.lab import memory
+
+    mem = memory()
+    free = [mb for mb in (mem["available_mb"],
+                          mem["limit_mb"] - mem["used_mb"] if mem["limit_mb"] and mem["used_mb"] else None)
+            if mb is not None]
+    return int(min(free) * 2**20) if free else None
+
+
+def check_memory(config: TrainConfig, n_in: int, n_out: int, device: torch.device) -> None:
+    """ConfigError (one sentence, with the estimate) when the model cannot fit in memory, before
+    any of it is allocated."""
+    params = count_parameters(n_in, config.hidden, n_out)
+    need, free = training_bytes(params, config.optimizer), available_bytes(device)
+    if free is not None and need > free:
+        where = "on the GPU" if device.type == "cuda" else "here"
+        raise ConfigError(f"This model has {params:,} parameters: training it needs about {_gib(need)} "
+                          f"(weights, gradients and the {config.optimizer} optimizer's state, float32), but only "
+                          f"{_gib(free)} of memory is free {where}; use fewer or narrower hidden layers.")
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def build_model(config: TrainConfig, n_in: int, n_out: int) -> MLP:
     """The MLP a (validated) config describes; seeded, so a seed means one initialization."""
     torch.manual_seed(config.seed)
@@ -255,7 +294,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
     from the queue, the dashboard or the store name uploads by id (see asymviz.data).
 
     Status is `finished`, `stopped` (a callback asked) or `diverged` (NaN/inf loss: the run ends
-    with the metrics so far; no exception escapes). Bad configs raise ConfigError before training.
+    with the metrics so far; no exception escapes). Bad configs raise ConfigError before training,
+    and so does a model too large for the memory free (`check_memory`).
     """
     from asymviz import data as datasets  # imported here: data pulls in scikit-learn
 
@@ -264,6 +304,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
     if data is None:
         data = datasets.load_dataset(config.dataset, config.dataset_options,
                                      split_seed=config.split_seed, local_files=local_files)
+    check_memory(config, data.n_features, data.n_classes, device)
     model = build_model(config, data.n_features, data.n_classes).to(device)
     optimizer = AsymmetricOptimizer(model, config.optimizer, lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay, update=config.update)

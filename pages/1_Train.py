@@ -15,7 +15,7 @@ import torch
 import ui_common
 from asymviz import figures, ui
 from asymviz.data import DATASETS, store_upload
-from asymviz.model import MAX_WIDTH
+from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
 from asymviz.sparse import keep_count
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
 
@@ -29,7 +29,7 @@ START_CONFIG = {**ui.DEFAULTS, "dataset": DEFAULT_DATASET}  # a first visit's co
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "gelu"]
 OPTIMIZERS = ["adam", "momentum", "sgd"]
-MAX_LAYERS = 8
+MAX_LAYERS = MAX_HIDDEN_LAYERS  # the library's limit: a link the CLI accepts opens here unchanged
 TOY_NOISE_MAX = 1.0
 
 
@@ -48,13 +48,14 @@ def apply_config(config: dict) -> list[str]:
             ss[key] = default
             problems.append(f"The {name} {value!r} is not offered here, so {default!r} is used.")
 
-    def number(key, value, lo, hi, name, cast=float):
+    def number(key, value, lo, hi, name, cast=float, fallback=None):
         try:
             x = cast(value)
         except (TypeError, ValueError):
             x = None
         if x is None or not lo <= x <= hi:
-            x = min(max(cast(ui.DEFAULTS.get(name, lo) or lo), lo), hi)
+            default = (ui.DEFAULTS.get(name, lo) or lo) if fallback is None else fallback
+            x = min(max(cast(default), lo), hi)
             problems.append(f"The {name} {value!r} is outside {lo:g} to {hi:g}, so {x:g} is used.")
         ss[key] = x
 
@@ -75,7 +76,11 @@ def apply_config(config: dict) -> list[str]:
             else:
                 ss["train_csv_upload"], ss["train_csv_label"] = upload, label
     ss["train_extra_options"] = (ss["train_dataset"], options)  # e.g. n_samples from a link
-    hidden = list(c["hidden"])[:MAX_LAYERS] or [256]
+    hidden = list(c["hidden"]) or [256]
+    if len(hidden) > MAX_LAYERS:  # (a link's are refused by ui.config_from_query already)
+        problems.append(f"The network has {len(hidden)} hidden layers; at most {MAX_LAYERS} are allowed, so "
+                        f"only the first {MAX_LAYERS} are used.")
+        hidden = hidden[:MAX_LAYERS]
     ss["train_layers"] = len(hidden)
     for i, w in enumerate(hidden):
         number(f"train_width_{i}", w, 1, MAX_WIDTH, "width", int)
@@ -85,10 +90,9 @@ def apply_config(config: dict) -> list[str]:
     number("train_conn_sparsity", c["conn_sparsity"], 0.0, 1.0, "conn_sparsity")
     choice("train_selection", c["selection"], list(SELECTIONS), "topk", "selection")
     choice("train_granularity", c["granularity"], list(GRANULARITIES), "batch", "granularity")
-    dropout = c["dropout"]
-    if dropout is None:
-        dropout = STRATEGIES[ss["train_strategy"]].default_dropout
-    number("train_dropout", dropout, 0.0, 0.9, "dropout")
+    preset_dropout = STRATEGIES[ss["train_strategy"]].default_dropout  # what a bad value falls back to
+    dropout = preset_dropout if c["dropout"] is None else c["dropout"]
+    number("train_dropout", dropout, 0.0, 0.9, "dropout", fallback=preset_dropout)
     ss["train_sparse_output"] = bool(c["sparse_output"])
     choice("train_optimizer", c["optimizer"], OPTIMIZERS, "adam", "optimizer")
     number("train_lr", c["lr"], 0.0, 10.0, "lr")

@@ -116,6 +116,7 @@ else:
     b2.caption(f"{spec.describe()} Experiment id **{exp_id}**.{again} {who}")
 if launch and spec is not None and owner is not None:
     try:
+        ui_common.check_can_train()
         with st.spinner("Preparing the data ..."):
             ex.prepare_data(spec)
         launched = ex.launch(spec, ui_common.runner(), owner=owner)
@@ -188,6 +189,7 @@ if prog["complete"] and (prog["failed"] or prog["stopped"]) and a1.button(
         "Resume", key="exp_resume", icon=":material/replay:", width="stretch", disabled=owner is None,
         help="Launch the grid again: failed, stopped and missing cells are run, finished ones kept.") and owner:
     try:
+        ui_common.check_can_train()
         ex.launch(exp_spec, ui_common.runner(), owner=owner)
     except Exception as err:
         ui_common.error(err)
