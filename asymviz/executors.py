@@ -54,6 +54,7 @@ import importlib.util
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -109,18 +110,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     require_ray()
     import ray
 
+    from asymviz.jobs import cpu_count
+
     package = str(Path(__file__).resolve().parent)
     address = (address if address is not None else os.environ.get("RAY_ADDRESS", "")).strip()
     options: dict[str, Any] = {"runtime_env": {"py_modules": [package]}, "logging_level": logging.WARNING}
     if address and address != "local":
         _check_reachable(address)
-        ray.init(address=address, **options)
-        return
-    from asymviz.jobs import cpu_count
-
-    # "local": a new head even where another cluster runs on this machine (ray.init() alone would join it)
-    ray.init(address="local", num_cpus=num_cpus or cpu_count(), include_dashboard=False,
-             object_store_memory=LOCAL_OBJECT_STORE, _node_ip_address="127.0.0.1", **options)
+        options["address"] = address
+    else:  # "local": a new head even where another cluster runs here (ray.init() alone would join it)
+        options.update(address="local", num_cpus=num_cpus or cpu_count(), include_dashboard=False,
+                       object_store_memory=LOCAL_OBJECT_STORE)
+    main = threading.current_thread() is threading.main_thread()
+    on_term = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(**options)
+    if callable(on_term):  # ray.init replaces SIGTERM's handler; keep the command's own (serve, worker)
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

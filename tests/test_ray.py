@@ -1,0 +1,322 @@
+"""The executors (asymviz.executors): the same behaviour tests for the local worker pool and for
+Ray, on a local Ray head with 2 CPUs started here; the experiment through Ray against the local
+pool; what is checked on the server before a run is sent to a node; choosing an executor."""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from asymviz import executors
+from asymviz.jobs import GRID_KIND, INTERRUPTED_BY_SHUTDOWN, Limits, Runner
+from asymviz.store import Store
+from asymviz.train import TrainConfig, fit
+from helpers import until
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = {"dataset": "moons", "hidden": [16], "epochs": 2}
+LONG = {"dataset": "moons", "hidden": [16], "epochs": 200, "batch_size": 8}  # many seconds
+EXECUTORS = ["local", "ray"]
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A local Ray head with 2 CPUs, for this module; its nodes' ASYMVIZ_HOME is a folder of its
+    own (the node's dataset cache), as on a machine of a cluster. Yields (address, node home)."""
+    import ray
+
+    node_home = Path(tempfile.mkdtemp(prefix="asymviz-ray-node-"))
+    saved = {name: os.environ.get(name) for name in ("ASYMVIZ_HOME", "RAY_ADDRESS")}
+    os.environ["ASYMVIZ_HOME"] = str(node_home)  # inherited by the head and its workers
+    os.environ.pop("RAY_ADDRESS", None)
+    try:
+        executors.init_ray(num_cpus=2)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    yield ray.get_runtime_context().gcs_address, node_home
+    ray.shutdown()
+    shutil.rmtree(node_home, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYMVIZ_HOME", str(tmp_path))
+    monkeypatch.setenv("ASYMVIZ_WORKER_THREADS", "1")
+    for name in ("ASYMVIZ_WORKERS", "ASYMVIZ_EXTERNAL_WORKERS", "ASYMVIZ_STOP_GRACE", "ASYMVIZ_STOP_CHECK_S",
+                 "ASYMVIZ_STALE_AFTER", "ASYMVIZ_EXECUTOR", "ASYMVIZ_DATASETS", "ASYMVIZ_RAY_CPUS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def make_runner(request, path):
+    """make_runner(executor, **kwargs) -> a started Runner on `path`: the local pool with one
+    worker, or the ray executor on the module's head (2 CPUs: two runs at once)."""
+    runners = []
+
+    def make(executor, **kwargs):
+        if executor == "ray":
+            request.getfixturevalue("ray_head")
+        kwargs.setdefault("workers", 1 if executor == "local" else None)
+        runner = Runner(path, executor=executor, limits=kwargs.pop("limits", Limits(max_runs_per_owner=0)),
+                        **kwargs)
+        runners.append(runner)
+        runner.start()
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.shutdown(grace=2)
+        assert runner.store.list_runs(status="running") == []
+
+
+def trainer_pid(store, run_id) -> int:
+    """The pid of the process that trains a run, from its `started` event (either executor)."""
+    def started():
+        for event in store.events(run_id, limit=None):
+            if event["kind"] == "started":
+                return int(re.search(r"pid (\d+)", event["message"]).group(1))
+        return None
+
+    return until(started, timeout=120, what="the run to start")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# -- the same behaviour through both executors ----------------------------------------------
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_live_metrics_masks_and_grids_reach_the_store_while_it_trains(make_runner, executor):
+    runner = make_runner(executor)
+    run_id = runner.submit({**LONG, "strategy": "excessive", "conn_sparsity": 0.5}, owner="ana")
+    until(lambda: len(runner.store.steps(run_id)) >= 50, timeout=120, what="the first steps")
+    run = runner.status(run_id)
+    assert run["status"] == "running" and 0 < run["progress"] < 1
+    seen = len(runner.store.steps(run_id))
+    until(lambda: len(runner.store.steps(run_id)) > seen, what="more steps while it trains")
+    assert runner.status(run_id)["status"] == "running"
+    masks = runner.store.masks(run_id)
+    assert masks and masks[0]["n"] == 16 and any(m["conn"] is not None for m in masks)
+    assert runner.store.artifacts(run_id, GRID_KIND)[0]["epoch"] == 1  # the first epoch's decision grid
+    assert runner.workers_alive() >= 1 and trainer_pid(runner.store, run_id) in runner.worker_pids()
+    runner.stop(run_id, owner="ana")
+    run = runner.wait(run_id, timeout=60)
+    assert run["status"] == "stopped" and run["summary"]["stop_reason"] == "stopped"
+    assert len(runner.store.steps(run_id)) == run["summary"]["steps"] >= seen
+    kinds = [e["kind"] for e in runner.store.events(run_id, limit=None)][::-1]
+    assert kinds == ["queued", "started", "stop_requested", "stopped"]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_killing_the_training_process_interrupts_the_run_keeps_its_metrics_and_the_next_trains(
+        make_runner, executor):
+    runner = make_runner(executor)
+    run_id = runner.submit(LONG, owner="ana")
+    victim = trainer_pid(runner.store, run_id)
+    until(lambda: len(runner.store.steps(run_id)) >= 20, timeout=120, what="the first steps")
+    os.kill(victim, signal.SIGKILL)
+    seen = len(runner.store.steps(run_id))
+    run = runner.wait(run_id, timeout=60)
+    assert run["status"] == "interrupted"
+    assert ("Ray worker process died" if executor == "ray" else f"pid {victim}") in run["error"]
+    assert len(runner.store.steps(run_id)) >= seen >= 20  # written before the kill: kept
+    after = runner.submit(QUICK, owner="ana")
+    run = runner.wait(after, timeout=120)
+    assert run["status"] == "finished" and trainer_pid(runner.store, after) != victim
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_run_that_ignores_a_stop_is_ended_after_the_grace(make_runner, executor, monkeypatch):
+    monkeypatch.setenv("ASYMVIZ_STOP_CHECK_S", "1000")  # its trainer never looks
+    monkeypatch.setenv("ASYMVIZ_STOP_GRACE", "1")
+    runner = make_runner(executor)
+    run_id = runner.submit(LONG, owner="ana")
+    victim = trainer_pid(runner.store, run_id)
+    until(lambda: runner.store.steps(run_id), timeout=120, what="the first steps")
+    runner.stop(run_id)
+    run = runner.wait(run_id, timeout=60)
+    assert run["status"] == "stopped" and "killed" in [e["kind"] for e in runner.store.events(run_id)]
+    assert runner.store.steps(run_id)  # metrics kept
+    until(lambda: gone(victim), timeout=30, what="its trainer to be killed")
+    assert runner.wait(runner.submit(QUICK, owner="ana"), timeout=120)["status"] == "finished"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_shutdown_interrupts_a_run_in_flight(make_runner, executor):
+    runner = make_runner(executor)
+    run_id = runner.submit(LONG, owner="ana")
+    until(lambda: runner.store.steps(run_id), timeout=120, what="the first steps")
+    runner.shutdown(grace=10)
+    run = runner.status(run_id)
+    assert run["status"] == "interrupted" and run["error"] == INTERRUPTED_BY_SHUTDOWN
+    assert run["summary"]["steps"] == len(runner.store.steps(run_id)) > 0  # it ended itself, cleanly
+    assert runner.workers_alive() == 0
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_server_killed_mid_run_is_reconciled_at_the_next_start(request, path, executor, tmp_path):
+    """`python -m asymviz worker` (the server's pool, or the Ray driver) is SIGKILLed while a run
+    trains: the trainer goes, and the next start marks the run interrupted with its metrics kept."""
+    env = {**os.environ, "ASYMVIZ_EXECUTOR": executor, "ASYMVIZ_WORKERS": "1", "PYTHONPATH": str(ROOT)}
+    if executor == "ray":
+        env["RAY_ADDRESS"] = request.getfixturevalue("ray_head")[0]
+        env.pop("ASYMVIZ_WORKERS")
+    run_id = Runner(path, workers=0).submit(LONG, owner="ana")
+    log = open(tmp_path / "worker.err", "w")
+    server = subprocess.Popen([sys.executable, "-m", "asymviz", "worker", "--store", str(path)], env=env,
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with Store(path) as store:
+            victim = trainer_pid(store, run_id)
+            until(lambda: len(store.steps(run_id)) >= 20, timeout=120, what="the first steps")
+            server.kill()  # SIGKILL: no atexit, no shutdown
+            server.wait(10)
+            until(lambda: gone(victim), timeout=60, what="its trainer to go with the server")
+            Runner(path, workers=0).start()  # the next start: reconcile only
+            run = store.get_run(run_id)
+            assert run["status"] == "interrupted", run
+            assert len(store.steps(run_id)) >= 20
+    finally:
+        server.kill()
+        server.wait(10)
+        log.close()
+
+
+# -- Ray only: the experiment, what is checked before sending, datasets on the nodes --------
+
+def test_an_experiment_through_ray_equals_the_local_pool_and_resumes(ray_head, tmp_path):
+    grid = ["--datasets", "moons", "--strategies", "dropout,symmetric,neuron", "--sparsities", "0.9",
+            "--seeds", "2", "--epochs", "3", "--budget", "equal", "--json"]
+    results = {}
+    for executor in ("local", "ray"):
+        env = {**os.environ, "ASYMVIZ_HOME": str(tmp_path / executor), "RAY_ADDRESS": ray_head[0],
+               "ASYMVIZ_WORKERS": "2"}
+        args = [sys.executable, "-m", "asymviz", "experiment", *grid, "--executor", executor,
+                "--out", str(tmp_path / executor / "report")]
+        p = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "6/6 cells done" in p.stderr
+        assert ("ray executor" in p.stderr) == (executor == "ray")
+        with Store(tmp_path / executor / "asymviz.db") as store:
+            runs = store.list_runs()
+            assert len(runs) == 6 and {r["status"] for r in runs} == {"finished"}
+            results[executor] = {(r["config"]["strategy"], r["config"]["seed"]): r["summary"]["test_acc"]
+                                 for r in runs}
+            if executor == "ray":
+                run_id = runs[0]["id"]
+                assert store.steps(run_id) and store.epochs(run_id) and store.artifacts(run_id, GRID_KIND)
+    assert results["ray"] == results["local"]  # same code, same seeds: the same numbers
+    again = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with Store(tmp_path / "ray" / "asymviz.db") as store:
+        assert len(store.list_runs()) == 6  # resumed: no finished cell ran again
+
+
+def test_limits_and_the_dataset_allow_list_are_checked_before_anything_is_sent(make_runner, monkeypatch):
+    """Runs queued behind the runner's back (another process, an older version) are checked again
+    on the server: each ends `failed` with its sentence and never starts on a node."""
+    monkeypatch.setenv("ASYMVIZ_DATASETS", "moons,digits")
+    runner = make_runner("ray", limits=Limits(max_epochs=5, max_params=10_000, max_runs_per_owner=0))
+    store = runner.store
+    bad = {store.create_run({**QUICK, "epochs": 6}, owner="eve"): "ASYMVIZ_MAX_EPOCHS",
+           store.create_run({**QUICK, "hidden": [512, 512]}, owner="eve"): "ASYMVIZ_MAX_PARAMS",
+           store.create_run({**QUICK, "dataset": "circles"}, owner="eve"): "ASYMVIZ_DATASETS",
+           store.create_run({**QUICK, "device": "cuda"}, owner="eve"): "the Ray cluster has no GPU",
+           store.create_run({**QUICK, "lr": -1}, owner="eve"): "lr must be in",
+           store.create_run({**QUICK, "dataset_options": {"path": "/etc/passwd"}}, owner="eve"): "Unknown option"}
+    good = store.create_run(QUICK, owner="ana")
+    assert runner.wait(good, timeout=120)["status"] == "finished"
+    for run_id, sentence in bad.items():
+        run = runner.wait(run_id, timeout=30)
+        assert run["status"] == "failed" and sentence in run["error"] and "\n" not in run["error"], run
+        assert [e["kind"] for e in store.events(run_id, limit=None)][::-1] == ["failed"]  # never started
+
+
+def test_an_uploaded_csv_travels_to_the_node_as_bytes(make_runner, ray_head, tmp_path, monkeypatch):
+    rows = ["a,b,label"] + [f"{i % 7},{(i * 3) % 11},{'yes' if i % 3 else 'no'}" for i in range(120)]
+    csv = tmp_path / "mine.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    config = {"dataset": "csv", "dataset_options": {"path": str(csv), "label": "label"}, "hidden": [8], "epochs": 2}
+    runner = make_runner("ray")
+    run = runner.wait(runner.submit(config, owner="ana"), timeout=120)
+    assert run["status"] == "finished", run["error"]
+    digest = hashlib.sha256(csv.read_bytes()).hexdigest()
+    node_copy = ray_head[1] / "cache" / "uploads" / f"{digest}.csv"
+    assert node_copy.read_bytes() == csv.read_bytes()  # the node trained on its own copy ...
+    assert run["summary"]["config"]["dataset_options"]["path"] == str(node_copy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the node trained it
+    try:
+        assert run["summary"]["test_acc"] == fit(TrainConfig(**config))["test_acc"]  # ... of the same data
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(executors, "CSV_MAX_BYTES", 100)  # the server refuses to send a larger one
+    run = runner.wait(runner.submit(config, owner="ana"), timeout=60)
+    assert run["status"] == "failed" and "at most 100 travel to a Ray node" in run["error"]
+
+
+# -- choosing an executor ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["dask", "Ray cluster", "1"])
+def test_an_unknown_executor_is_one_sentence(path, monkeypatch, value):
+    monkeypatch.setenv("ASYMVIZ_EXECUTOR", value)
+    with pytest.raises(Exception, match=r"ASYMVIZ_EXECUTOR must be one of local, ray; got") as err:
+        Runner(path, workers=0)
+    assert "\n" not in str(err.value)
+    p = subprocess.run([sys.executable, "-m", "asymviz", "experiment", "--executor", value, "--seeds", "2"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 2 and f"--executor must be one of local, ray; got {value!r}" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_the_local_pool_stays_the_default(path):
+    assert Runner(path, workers=0).executor == "local"
+    assert executors.executor_name("RAY") == "ray" and executors.executor_name("") == "local"
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "1"], ["experiment", "--seeds", "2"]])
+def test_asking_for_ray_without_it_installed_is_one_sentence(command, tmp_path):
+    code = ("import sys; sys.modules['ray'] = None  # as if not installed\n"
+            "from asymviz.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "ASYMVIZ_EXECUTOR": "ray", "ASYMVIZ_HOME": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: {executors.INSTALL_RAY}"
+
+
+def test_an_unreachable_ray_address_is_one_sentence(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ASYMVIZ_EXECUTOR": "ray", "RAY_ADDRESS": f"127.0.0.1:{port}",
+           "ASYMVIZ_HOME": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "asymviz", "worker"], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 2 and f"No Ray head answers at RAY_ADDRESS=127.0.0.1:{port}" in p.stderr
+    assert "Traceback" not in p.stderr
