@@ -70,6 +70,7 @@ CSV_MAX_BYTES = 20_000_000  # an uploaded CSV that travels with a run (the dashb
 HEARTBEAT_S = 10.0  # the dispatcher refreshes the heartbeat of runs it has sent this often
 SINK_FLUSH_RECORDS = 200  # a node sends its buffered records after this many ...
 SINK_FLUSH_S = 0.5  # ... or this many seconds, whichever comes first
+SINK_RECORDS = {"step": "add_step", "epoch": "add_epoch", "mask": "add_mask", "artifact": "add_artifact"}
 SINK_THREADS = 8  # concurrent calls the sink actor serves (one store connection behind a lock)
 LOCAL_OBJECT_STORE = 256 * 2**20  # bytes of shared memory of a local head (runs send little)
 INSTALL_RAY = ("The ray executor needs Ray, which is not installed here; install it with "
@@ -105,8 +106,8 @@ def cpus_per_run() -> int:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect this process to Ray: to `address` (default $RAY_ADDRESS) if one is given, else
-    to a new local head on 127.0.0.1 with num_cpus CPUs (default: this machine's cores). The
-    asymviz package travels with the job, so the nodes import the server's code."""
+    to a new local head with num_cpus CPUs (default: this machine's cores). The asymviz package
+    travels with the job, so the nodes import the server's code."""
     require_ray()
     import ray
 
@@ -124,8 +125,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     main = threading.current_thread() is threading.main_thread()
     on_term = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(**options)
-    if callable(on_term):  # ray.init replaces SIGTERM's handler; keep the command's own (serve, worker)
-        signal.signal(signal.SIGTERM, on_term)
+    if on_term not in (None, signal.SIG_DFL):  # ray.init replaces SIGTERM's handler: keep the
+        signal.signal(signal.SIGTERM, on_term)  # command's own (serve, worker), else Ray's clean exit
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -173,7 +174,7 @@ class RunSink:
                     writer = self.writers[run_id] = self.store.writer(run_id, flush_every=1 << 30,
                                                                       flush_seconds=math.inf)
             for kind, args in records:
-                getattr(writer, "add_" + kind)(*args)  # step, epoch, mask or artifact
+                getattr(writer, SINK_RECORDS[kind])(*args)
             if progress is not None:
                 writer.set_progress(progress)
             writer.flush()
@@ -415,15 +416,17 @@ class RayExecutor:
             inflight, self._inflight = dict(self._inflight), {}
         try:
             if inflight:
-                ray.get(self._sink.shut_down.remote())
+                ray.get(self._sink.shut_down.remote(), timeout=30)
                 refs = list(inflight.values())
-                ray.wait(refs, num_returns=len(refs), timeout=grace)
-                for ref in refs:
-                    ray.cancel(ref, force=True)  # a no-op for a task that has ended
+                _, running = ray.wait(refs, num_returns=len(refs), timeout=grace)
+                for ref in running:
+                    ray.cancel(ref, force=True)
+            ray.kill(self._sink)
+        except Exception as exc:  # the cluster may be gone already: the runs still end below
+            print(f"asymviz ray executor: {type(exc).__name__} while shutting down.", file=sys.stderr)
+        finally:
             for run_id in inflight:
                 self._end_if_running(run_id, "interrupted", INTERRUPTED_BY_SHUTDOWN)
-            ray.kill(self._sink)
-        finally:
             if self._owns_ray:
                 ray.shutdown()
                 self._owns_ray = False
