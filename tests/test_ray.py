@@ -206,6 +206,46 @@ def test_a_server_killed_mid_run_is_reconciled_at_the_next_start(request, path, 
         log.close()
 
 
+def session_processes(sid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in session sid."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_worker_with_a_local_ray_head_stops_cleanly_on_sigterm(path, tmp_path):
+    """No RAY_ADDRESS: `python -m asymviz worker` starts a Ray head of its own; SIGTERM (what
+    `docker stop` sends) ends its run `interrupted` and leaves no Ray process behind."""
+    env = {**os.environ, "ASYMVIZ_EXECUTOR": "ray", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    run_id = Runner(path, workers=0).submit(LONG, owner="ana")
+    log = open(tmp_path / "worker.err", "w")
+    server = subprocess.Popen([sys.executable, "-m", "asymviz", "worker", "--store", str(path)], env=env,
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with Store(path) as store:
+            until(lambda: store.steps(run_id), timeout=180, what="the first steps")
+            assert len(session_processes(server.pid)) > 2  # the head's processes, its workers
+            server.terminate()
+            assert server.wait(60) == 0
+            run = store.get_run(run_id)
+            assert run["status"] == "interrupted" and run["error"] == INTERRUPTED_BY_SHUTDOWN
+        until(lambda: not session_processes(server.pid), timeout=30, what="the Ray head to stop")
+    finally:
+        for pid in session_processes(server.pid):
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+    assert "the ray executor" in (tmp_path / "worker.err").read_text()
+
+
 # -- Ray only: the experiment, what is checked before sending, datasets on the nodes --------
 
 def test_an_experiment_through_ray_equals_the_local_pool_and_resumes(ray_head, tmp_path):
