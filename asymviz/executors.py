@@ -122,11 +122,36 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:  # "local": a new head even where another cluster runs here (ray.init() alone would join it)
         options.update(address="local", num_cpus=num_cpus or cpu_count(), include_dashboard=False,
                        object_store_memory=LOCAL_OBJECT_STORE)
-    main = threading.current_thread() is threading.main_thread()
-    on_term = signal.getsignal(signal.SIGTERM) if main else None
+    if threading.current_thread() is not threading.main_thread():
+        _init_in_keeper(options)
+        return
+    on_term = signal.getsignal(signal.SIGTERM)
     ray.init(**options)
     if on_term not in (None, signal.SIG_DFL):  # ray.init replaces SIGTERM's handler: keep the
         signal.signal(signal.SIGTERM, on_term)  # command's own (serve, worker), else Ray's clean exit
+
+
+def _init_in_keeper(options: dict) -> None:
+    """ray.init from a thread that lives as long as this process. A local head's processes die
+    with the thread that started them (Linux's parent-death signal is per thread), and the
+    dashboard's first call comes from a script thread that ends after each rerun."""
+    import ray
+
+    done, outcome = threading.Event(), {}
+
+    def keeper() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+        done.set()
+        if "error" not in outcome:
+            threading.Event().wait()  # forever: the head's parent thread
+
+    threading.Thread(target=keeper, daemon=True, name="asymviz-ray-head").start()
+    done.wait()
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -247,6 +247,37 @@ def test_a_worker_with_a_local_ray_head_stops_cleanly_on_sigterm(path, tmp_path)
     assert "the ray executor" in (tmp_path / "worker.err").read_text()
 
 
+DASHBOARD = """
+import sys, time
+from streamlit.testing.v1 import AppTest
+from asymviz.store import Store
+at = AppTest.from_file(sys.argv[1], default_timeout=300)
+at.run()  # the home page starts the runner, from Streamlit's script thread
+assert not at.exception, at.exception
+at.button(key="home_try").click().run()
+at.run()  # a later rerun: the script thread that started the Ray head has ended by now
+store = Store(sys.argv[2])
+(run,) = store.list_runs()
+while store.get_run(run["id"])["status"] in ("queued", "running"):
+    time.sleep(0.2)
+run = store.get_run(run["id"])
+print(run["status"], len(store.steps(run["id"])), flush=True)
+"""
+
+
+def test_the_dashboard_trains_on_a_ray_head_it_started(tmp_path):
+    """ASYMVIZ_EXECUTOR=ray without RAY_ADDRESS: the dashboard's first page starts a Ray head
+    from a script thread, and the head outlives that thread (its processes would otherwise be
+    killed with it); "Try it" trains on Ray."""
+    env = {**os.environ, "ASYMVIZ_EXECUTOR": "ray", "ASYMVIZ_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-c", DASHBOARD, str(ROOT / "app.py"), str(tmp_path / "asymviz.db")],
+                       capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    status, steps = p.stdout.split()
+    assert status == "finished" and int(steps) > 0
+
+
 # -- Ray only: the experiment, what is checked before sending, datasets on the nodes --------
 
 def test_an_experiment_through_ray_equals_the_local_pool_and_resumes(ray_head, tmp_path):
