@@ -26,11 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: the process tree, command lines
 
 from asymviz import executors  # noqa: E402
 from asymviz.jobs import Limits, Runner  # noqa: E402
 from asymviz.train import TrainConfig  # noqa: E402
+from helpers import cmdline, descendants  # noqa: E402
 
 
 def process_cpu(pid: int) -> float:
@@ -41,6 +44,30 @@ def process_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+    except (OSError, IndexError):
+        return 0.0
+
+
+def ray_memory() -> dict[str, list[float]]:
+    """RSS (MiB) of the local head's processes under this one: the sink actor, Ray's workers
+    (one that has trained has torch loaded), and the rest of the head (GCS, raylet, agents, ...)."""
+    groups: dict[str, list[float]] = {"head (GCS, raylet, agents, monitors)": [], "sink actor": [],
+                                      "Ray worker": []}
+    for pid in descendants(os.getpid()):
+        command = cmdline(pid)
+        if "RunSink" in command:
+            groups["sink actor"].append(rss_mib(pid))
+        elif command.startswith(("ray::IDLE", "ray::train_on_node")):
+            groups["Ray worker"].append(rss_mib(pid))
+        elif "ray" in command:
+            groups["head (GCS, raylet, agents, monitors)"].append(rss_mib(pid))
+    return groups
 
 
 def one_run(runner: Runner, config: TrainConfig, timeout: float = 300.0) -> dict:
@@ -94,6 +121,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, runner in (("local", local), ("ray", ray_runner)):
                     results[name].append(one_run(runner, config))
+            memory = ray_memory()
+            memory["local worker (has trained)"] = [rss_mib(pid) for pid in local.worker_pids()]
         finally:
             local.shutdown()
             ray_runner.shutdown()
@@ -114,6 +143,10 @@ def main() -> None:
         for label, r in rows:
             print(f"{name:<9} {label:<5} {r['rate']:>8.0f} {r['cpu_ms']:>12.2f} {r['first']:>18.2f} s "
                   f"{r['total']:>17.2f} s")
+    print(f"\n{'memory after the runs':<38} {'processes':>9} {'RSS MiB, each':>22}")
+    for name, sizes in memory.items():
+        each = ", ".join(f"{size:.0f}" for size in sorted(sizes)) or "-"
+        print(f"{name:<38} {len(sizes):>9} {each:>22}")
 
 
 if __name__ == "__main__":
