@@ -206,6 +206,10 @@ class RunSink:
         except RunNotFound as exc:
             self._forget(run_id)
             return exc
+        except BaseException:  # not committed: the node keeps the batch and sends it again
+            with self.lock:
+                self.writers.pop(run_id, None)
+            raise
         return self.poll(run_id)
 
     def poll(self, run_id: int) -> str:
@@ -322,8 +326,9 @@ class SinkWriter:
             self.flush()
 
     def flush(self) -> None:
-        records, self._records = self._records, []
-        self.store.remember(self.store.call("write", self.run_id, records, self._progress))
+        """Send what is buffered; it is dropped here only once the sink has committed it."""
+        self.store.remember(self.store.call("write", self.run_id, self._records, self._progress))
+        self._records = []
         self._last_flush = time.monotonic()
 
     def close(self) -> None:

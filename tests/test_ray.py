@@ -18,7 +18,7 @@ import torch
 from asymviz import executors
 from asymviz.errors import ConfigError
 from asymviz.jobs import GRID_KIND, INTERRUPTED_BY_SHUTDOWN, Limits, Runner
-from asymviz.store import Store
+from asymviz.store import RunNotFound, RunStateError, Store
 from asymviz.train import TrainConfig, fit
 from helpers import until
 
@@ -250,7 +250,7 @@ def test_a_worker_with_a_local_ray_head_stops_cleanly_on_sigterm(path, tmp_path)
 DASHBOARD = """
 import sys, time
 from streamlit.testing.v1 import AppTest
-from asymviz.store import Store
+from asymviz.store import RunNotFound, RunStateError, Store
 at = AppTest.from_file(sys.argv[1], default_timeout=300)
 at.run()  # the home page starts the runner, from Streamlit's script thread
 assert not at.exception, at.exception
@@ -278,7 +278,50 @@ def test_the_dashboard_trains_on_a_ray_head_it_started(tmp_path):
     assert status == "finished" and int(steps) > 0
 
 
-# -- Ray only: the experiment, what is checked before sending, datasets on the nodes --------
+# -- Ray only: the sink, the experiment, what is checked before sending, datasets on the nodes
+
+def test_the_sink_writes_what_a_node_sends_as_a_local_writer_would(ray_head, path):
+    import ray
+
+    store = Store(path)
+    node_run, local_run = (store.create_run(QUICK, owner="ana") for _ in range(2))
+    for _ in range(2):
+        store.claim_next(os.getpid(), "here")
+    sink = ray.remote(num_cpus=0)(executors.RunSink).remote(str(path))
+    node = executors.SinkStore(sink, node_run)
+    try:
+        for writer, run_id in ((node.writer(node_run), node_run), (store.writer(local_run), local_run)):
+            for step in range(1, 301):  # more than one batch
+                writer.add_step({"step": step, "epoch": 1, "train/loss": 1 / step, "time/step_ms": float("nan")})
+                writer.set_progress(step / 300)
+            writer.add_epoch({"epoch": 1, "val/acc": 0.5})
+            writer.add_mask(3, 0, [5, 1, 2], 16, b"\x01\x02")
+            writer.add_artifact(GRID_KIND, {"resolution": 2, "cls": [[0, 1], [1, 0]]}, step=300, epoch=1)
+            writer.close()
+        node.add_event(node_run, "started", "Started on a node.")
+        same = [lambda r: [{k: v for k, v in s.items() if k != "time/step_ms"} for s in store.steps(r)],
+                store.epochs, store.masks, lambda r: [a["data"] for a in store.artifacts(r, None)],
+                lambda r: store.get_run(r)["progress"]]
+        for read in same:
+            assert read(node_run) == read(local_run)
+        assert len(store.steps(node_run)) == 300 and node.poll(fresh=0) == "go"
+        store.request_stop(node_run)
+        assert node.poll(fresh=0) == "stop" and node.stop_requested(node_run) and node.interrupt() is None
+        node.set_status(node_run, "stopped", summary={"steps": 300})
+        with pytest.raises(RunStateError, match="cannot become finished"):
+            node.set_status(node_run, "finished")
+        store.delete_run(node_run)
+        writer = node.writer(node_run)
+        writer.add_step({"step": 301})
+        with pytest.raises(RunNotFound):
+            writer.flush()
+        ray.get(sink.shut_down.remote())
+        assert node.poll(fresh=0) == "shutdown" and node.interrupt() == INTERRUPTED_BY_SHUTDOWN
+    finally:
+        ray.kill(sink)
+        store.close()
+
+
 
 def test_an_experiment_through_ray_equals_the_local_pool_and_resumes(ray_head, tmp_path):
     grid = ["--datasets", "moons", "--strategies", "dropout,symmetric,neuron", "--sparsities", "0.9",
