@@ -317,6 +317,13 @@ def _report_runs(store, seen: dict[int, str]) -> None:
             seen.pop(run_id, None)
 
 
+def _pool_text(runner) -> str:
+    """What trains this runner's runs, for the log: '4 worker process(es)' or the Ray cluster."""
+    if runner.executor == "ray":
+        return f"the ray executor (up to {runner.workers} runs at once on the Ray cluster)"
+    return f"{runner.workers} worker process(es)"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker pool in the foreground until Ctrl-C or SIGTERM."""
     import signal
@@ -334,7 +341,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     trouble = Trouble("worker pool")
     try:
         runner.start(force=True)  # even where ASYMVIZ_EXTERNAL_WORKERS=1 tells servers not to
-        print(f"asymviz worker: {runner.workers} worker process(es) on {runner.store.path}; "
+        print(f"asymviz worker: {_pool_text(runner)} on {runner.store.path}; "
               "Ctrl-C stops.", file=sys.stderr, flush=True)
         pause = 1.0
         while True:
@@ -643,7 +650,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = Runner(workers=args.workers)
         runner.start(force=True)
         lab.write_pool_status(runner)
-        print(f"asymviz serve: {runner.workers} worker process(es) on {runner.store.path}; the dashboard "
+        print(f"asymviz serve: {_pool_text(runner)} on {runner.store.path}; the dashboard "
               f"on http://{args.address}:{args.port}; SIGTERM or Ctrl-C stops both.", file=sys.stderr, flush=True)
         from asymviz import kernels
         print(f"asymviz serve: CPU kernels: {kernels.status()}", file=sys.stderr, flush=True)
@@ -743,7 +750,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     spec = _experiment_spec(args)
     external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
     limits = Limits.from_env()
-    runner = Runner(args.store, workers=0 if external or args.report_only else args.workers, limits=limits)
+    runner = Runner(args.store, workers=0 if external or args.report_only else args.workers, limits=limits,
+                    executor=args.executor)
     if not (external or args.report_only) and runner.workers < 1:
         raise CliError(f"--workers must be at least 1, got {runner.workers}.")
     if limits.max_runs_per_owner:  # a private pool: let the experiment keep every worker busy
@@ -759,7 +767,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             ex.launch(spec, runner, owner=args.owner)
             if not ex.progress(runner.store, exp_id)["complete"]:
                 runner.start()  # no pool for a finished experiment
-            say(f"{exp_id}: {'external workers' if external else f'{runner.workers} worker process(es)'} on "
+                if limits.max_runs_per_owner:  # the ray executor knows its size once started
+                    limits.max_runs_per_owner = max(limits.max_runs_per_owner, 4 * max(1, runner.workers))
+            say(f"{exp_id}: {'external workers' if external else _pool_text(runner)} on "
                 f"{runner.store.path}; Ctrl-C stops, and the same command resumes.")
             last_line, last_done = 0.0, -1
             while True:
@@ -831,6 +841,9 @@ def _add_experiment_command(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int, help="worker processes (default $ASYMVIZ_WORKERS or one per core); "
                                                "ASYMVIZ_EXTERNAL_WORKERS=1 uses a `python -m asymviz worker` pool")
+    p.add_argument("--executor", help="where the cells train: local (this machine's worker processes; default "
+                                      "$ASYMVIZ_EXECUTOR or local) | ray (the Ray cluster at $RAY_ADDRESS, or a "
+                                      "local Ray head; --workers then caps the runs at once)")
     p.add_argument("--owner", default="cli", help="who the runs belong to (default cli)")
     p.add_argument("--out", metavar="DIR", help="report folder (default artifacts/experiments/<experiment id>)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT", help="a line for the report (repeatable)")

@@ -6,8 +6,10 @@
     runner.wait(run_id)["status"]            # 'finished'; metrics are in runner.store
     runner.shutdown()                        # running runs end `interrupted`, never `running`
 
-The interface (submit / stop / status) is the seam for a distributed engine later (DESIGN.md
-§3); nothing here knows about Streamlit. Who runs the workers: by default the process that
+The interface (submit / stop / status) is the seam of the executors (DESIGN.md §3): this
+pool is the `local` one; with ASYMVIZ_EXECUTOR=ray the runner sends the same queue to a Ray
+cluster instead (asymviz.executors), and the store stays where it is. Nothing here knows
+about Streamlit. Who runs the workers: by default the process that
 needs them (`get_runner()`: the dashboard server starts a pool on first use and it stops with
 the server); `python -m asymviz worker` runs a standalone pool, and a server started with
 ASYMVIZ_EXTERNAL_WORKERS=1 then starts none. Several pools may share one store: a worker
@@ -37,6 +39,7 @@ with the store's sentence as soon as the store works again. A worker ends its ru
 when its parent process is gone (it checks with every stop check and every idle poll).
 
 Environment:
+  ASYMVIZ_EXECUTOR            local (this pool; default) | ray (see asymviz.executors)
   ASYMVIZ_WORKERS             pool size (default: one per core; 0 = no pool)
   ASYMVIZ_EXTERNAL_WORKERS=1  `Runner.start()` starts no pool (a `python -m asymviz worker` does)
   ASYMVIZ_STOP_GRACE          seconds after a stop request before the worker is killed (10)
@@ -66,6 +69,7 @@ from typing import Callable
 
 import torch
 
+from asymviz import executors
 from asymviz import store as store_module
 from asymviz.errors import AsymvizError, ConfigError
 from asymviz.model import MLP, count_parameters
@@ -447,12 +451,14 @@ class Trouble:
             pass
 
 
-def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None = None) -> str:
+def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None = None,
+            check_every: float | None = None) -> str:
     """Train one claimed (running) run into the store; return its final status ("deleted" if
     it was deleted meanwhile). Errors end the run `failed` with one sentence; none escape but a
-    StoreError that kept even that end from being written (`work` writes it later)."""
+    StoreError that kept even that end from being written (`work` writes it later).
+    store: a Store, or on a Ray node the sink's stand-in (asymviz.executors.SinkStore)."""
     run_id = run["id"]
-    callback = StoreCallback(store, run_id, interrupt=interrupt)
+    callback = StoreCallback(store, run_id, interrupt=interrupt, check_every=check_every)
     try:
         store.add_event(run_id, "started", f"Started by worker pid {os.getpid()} on {HOST}.")
         fit(TrainConfig.from_dict(run["config"]), [callback])
@@ -590,14 +596,22 @@ class Runner:
     """Submit, stop and watch runs; `start()` adds a pool of worker processes to train them.
 
     store: a Store, a path, or None for `default_path()`. workers: pool size (None:
-    $ASYMVIZ_WORKERS or one per core; 0: no pool). limits: None for `Limits.from_env()`."""
+    $ASYMVIZ_WORKERS or one per core; 0: no pool). limits: None for `Limits.from_env()`.
+    executor: where runs train (None: $ASYMVIZ_EXECUTOR, default "local": this runner's pool;
+    "ray": a Ray cluster, see asymviz.executors, where `workers` caps the runs in flight and
+    None means as many as the cluster has CPUs for)."""
 
     def __init__(self, store: Store | str | Path | None = None, workers: int | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, executor: str | None = None):
         self.store = store if isinstance(store, Store) else Store(store)
         self.workers = _env_int("ASYMVIZ_WORKERS", cpu_count()) if workers is None else int(workers)
         if self.workers < 0:
             raise ConfigError(f"The number of workers must be 0 or more, got {self.workers}.")
+        self.executor = executors.executor_name(executor)
+        if self.executor == "ray" and self.workers:
+            executors.require_ray()
+        self._auto_workers = workers is None and not os.environ.get("ASYMVIZ_WORKERS", "").strip()
+        self._remote: executors.RayExecutor | None = None  # the ray executor while started
         self.limits = limits if limits is not None else Limits.from_env()
         self.stop_grace = _env_float("ASYMVIZ_STOP_GRACE", 10.0)
         self.stale_after = _env_float("ASYMVIZ_STALE_AFTER", 120.0)
@@ -630,14 +644,28 @@ class Runner:
                 raise ConfigError("Worker processes cannot share an in-memory store; give the "
                                   "runner a store file.")
             self._halt.clear()
-            for _ in range(self.workers):
-                self._spawn()
-            self._supervisor = threading.Thread(target=self._supervise_loop, daemon=True,
-                                                name="asymviz-supervisor")
-            self._supervisor.start()
+            if self.executor == "ray":
+                self._start_remote()
+            else:
+                for _ in range(self.workers):
+                    self._spawn()
+                self._supervisor = threading.Thread(target=self._supervise_loop, daemon=True,
+                                                    name="asymviz-supervisor")
+                self._supervisor.start()
             if not self._atexit:  # the pool stops with this process
                 atexit.register(self.shutdown)
                 self._atexit = True
+
+    def _start_remote(self) -> None:
+        remote = executors.RayExecutor(self.store, self.limits, self.stop_grace, self.stale_after,
+                                       max_runs=None if self._auto_workers else self.workers)
+        try:
+            remote.start()
+        except BaseException:
+            self._started = False
+            raise
+        self._remote = remote
+        self.workers = remote.max_runs
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop the pool: workers interrupt their runs at the next check; any still alive after
@@ -650,6 +678,10 @@ class Runner:
             if not self._started:
                 return
             self._started = False
+            if self._remote is not None:
+                remote, self._remote = self._remote, None
+                remote.shutdown(grace)
+                return
             procs, self._procs = self._procs, []
             if not procs:
                 return
@@ -669,8 +701,10 @@ class Runner:
                       f"(the next start does it): {exc}", file=sys.stderr, flush=True)
 
     def workers_alive(self) -> int:
-        """How many of this runner's worker processes are alive now."""
+        """How many of this runner's worker processes are alive now (ray: runs in flight)."""
         with self._lock:
+            if self._remote is not None:
+                return self._remote.workers_alive()
             return sum(proc.is_alive() for proc in self._procs)
 
     def pool_alive(self) -> bool | None:
@@ -683,8 +717,11 @@ class Runner:
             return supervisor.is_alive()
 
     def worker_pids(self) -> list[int]:
-        """Process ids of this runner's live workers."""
+        """Process ids of this runner's live workers (ray: of its workers on this machine
+        that train runs now)."""
         with self._lock:
+            if self._remote is not None:
+                return self._remote.worker_pids()
             return [proc.pid for proc in self._procs if proc.is_alive()]
 
     def _spawn(self) -> None:

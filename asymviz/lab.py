@@ -99,7 +99,8 @@ def auth_mode() -> str:
 def write_pool_status(runner, path: Path | None = None) -> dict:
     """Record which processes train for this store (called by `serve` about once a second)."""
     status = {"pid": os.getpid(), "host": socket.gethostname(), "workers": runner.workers,
-              "pids": runner.worker_pids(), "updated_at": time.time()}
+              "executor": getattr(runner, "executor", "local"), "pids": runner.worker_pids(),
+              "updated_at": time.time()}
     path = path or home() / POOL_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(status), encoding="utf-8")
@@ -156,7 +157,8 @@ def pool_problem(runner, path: Path | None = None) -> tuple[bool, str] | None:
         return True, (f"The worker pool of this lab (the `python -m asymviz serve` process, pid "
                       f"{status.get('pid')}) is gone, so no run can train and new runs are refused; "
                       "restart the lab (`python -m asymviz serve`, or its container).")
-    if status.get("workers") and not any(pid_alive(pid) for pid in status.get("pids") or []):
+    if status.get("executor", "local") == "local" and status.get("workers") \
+            and not any(pid_alive(pid) for pid in status.get("pids") or []):  # (ray: pids of runs in flight)
         return False, "No training worker is alive right now; new ones are starting, so queued runs wait."
     return None
 
