@@ -159,7 +159,7 @@ def test_a_run_that_ignores_a_stop_is_ended_after_the_grace(make_runner, executo
     run_id = runner.submit(LONG, owner="ana")
     victim = trainer_pid(runner.store, run_id)
     until(lambda: runner.store.steps(run_id), timeout=120, what="the first steps")
-    runner.stop(run_id)
+    runner.stop(run_id, owner="ana")
     run = runner.wait(run_id, timeout=60)
     assert run["status"] == "stopped" and "killed" in [e["kind"] for e in runner.store.events(run_id)]
     assert runner.store.steps(run_id)  # metrics kept
@@ -252,7 +252,12 @@ DASHBOARD = """
 import sys, time
 from streamlit.testing.v1 import AppTest
 from asymviz.store import RunNotFound, RunStateError, Store
+from asymviz import owners
+from asymviz.store import Store
+with Store(sys.argv[2]) as claims:
+    claim = owners.sign_in(claims, "ana", "2468")  # starting a run needs a signed-in name
 at = AppTest.from_file(sys.argv[1], default_timeout=300)
+at.session_state["owner_claim"] = {"name": claim["name"], "stamp": claim["stamp"]}
 at.run()  # the home page starts the runner, from Streamlit's script thread
 assert not at.exception, at.exception
 at.button(key="home_try").click().run()
