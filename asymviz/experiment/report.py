@@ -349,7 +349,9 @@ def report_markdown(a: dict, head: dict | None = None, notes: Iterable[str] = ()
                   "geometric mean over the repeats with its interval; ideal = the backward's FLOP ratio; path = "
                   "how the sparse backward ran (the compaction rule may send a layer to the dense kernels)."
                   + (f" Measured on {speed.get('threads')} thread(s) while {speed.get('busy_runs')} other run(s) "
-                     "were training." if speed else ""), "",
+                     "were training" + (f", load average {speed['load'][0]} at the start and {speed['load'][1]} at "
+                                        "the end" if all(x is not None for x in speed.get("load") or [None]) else "")
+                     + "." if speed else ""), "",
                   markdown_table(shown_speed(a["speed"])), ""]
     if spec.meprop:
         lines += ["## The meProp anchor", "",

@@ -22,6 +22,7 @@ step; the CLI calls it while it waits and the dashboard from one server-side thr
 from __future__ import annotations
 
 import math
+import os
 import platform
 import threading
 import time
@@ -355,6 +356,7 @@ def measure_speed(store, exp_id: str, threads: int | None = None, say=None) -> d
     threads = threads or cpu_count()
     torch.set_num_threads(threads)
     busy = store.count(("running",))
+    load = _load()
     t0 = time.time()
     rows, meprop_rows = [], []
     try:
@@ -379,9 +381,17 @@ def measure_speed(store, exp_id: str, threads: int | None = None, say=None) -> d
         torch.set_num_threads(old_threads)
     result = {"rows": rows, "meprop_rows": meprop_rows, "threads": threads, "wall_s": time.time() - t0,
               "measured_at": t0, "busy_runs": max(busy, store.count(("running",))),
-              "machine": platform.machine()}
+              "load": [load, _load()], "machine": platform.machine()}
     store.update_experiment(exp_id, speed=result)
     return result
+
+
+def _load() -> float | None:
+    """The 1-minute load average (how busy the machine was), where the system has one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 # ------------------------------------------------------------------------ the dashboard's helper
