@@ -675,7 +675,7 @@ def _train_cells(spec, runner, args, say) -> str:
                 last_line, last_done = now, p["done"]
             if p["complete"]:
                 return exp_id
-            time.sleep(1.0)
+            time.sleep(3.0)  # advancing costs the parent a little CPU: not every instant
     except KeyboardInterrupt:
         import signal
 

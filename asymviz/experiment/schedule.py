@@ -405,7 +405,7 @@ class Advancer:
         Advancer(runner).start()     # the dashboard keeps one per server (st.cache_resource)
     """
 
-    def __init__(self, runner, every: float = 2.0):
+    def __init__(self, runner, every: float = 5.0):
         self.runner, self.every = runner, every
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None

@@ -636,7 +636,7 @@ def _bool(value, what: str) -> bool:
 # (forward, backward and weight gradient over the training set: 3x the forward's; the evaluation of
 # the train and validation splits: 1x); `example` granularity costs EXAMPLE_FACTOR times more.
 # Converge runs are assumed to stop CONVERGE_FACTOR x patience epochs in (capped by max_epochs).
-STEP_S, MAC_S, EXAMPLE_FACTOR, CONVERGE_FACTOR, RUN_OVERHEAD_S = 3.0e-3, 1.4e-11, 1.8, 3.0, 1.5
+STEP_S, MAC_S, EXAMPLE_FACTOR, CONVERGE_FACTOR, RUN_OVERHEAD_S = 2.0e-3, 1.95e-11, 1.6, 3.4, 0.5
 
 
 def _sizes(name: str) -> tuple[int, int, int]:
