@@ -662,7 +662,7 @@ def test_cli_runs_resumes_and_reports(tmp_path):
         assert len(store.experiment_runs(data["experiment"])) == 6  # nothing was run twice
     est = subprocess.run(args[:4] + ["--preset", "standard", "--estimate"], capture_output=True, text=True,
                          timeout=120, env=env)
-    assert est.returncode == 0 and "598 training runs" in est.stdout and "CPU-hours" in est.stdout
+    assert est.returncode == 0 and "598 training runs" in est.stdout and "Estimated CPU time" in est.stdout
     for bad, message in ((["--confirmation-seeds", "1"], "at least 2 seeds"), (["--preset", "huge"], "Unknown preset"),
                          (["--datasets", "mnist1d:100"], "training-set size")):
         r = subprocess.run(args[:4] + bad, capture_output=True, text=True, timeout=120, env=env)
