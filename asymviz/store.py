@@ -140,7 +140,8 @@ MIGRATIONS = [
         launched_at REAL,                       -- the latest launch (launching again resumes)
         launched_by TEXT,
         stopped_at REAL,                        -- the latest stop: stopped while stopped_at >= launched_at
-        speed TEXT                              -- JSON: the width sweep's timings, once measured
+        speed TEXT,                             -- JSON: the width sweep's timings, once measured
+        code TEXT                               -- JSON: [{at, commit, dirty}] of every launch (the code that trained)
     );
     CREATE TABLE experiment_runs (
         run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
@@ -657,7 +658,7 @@ class Store:
 
     def experiments(self, experiment_id: str | None = None) -> list[dict]:
         """Experiments newest first (or the one with this id: a list of <= 1), as dicts
-        {id, owner, spec (decoded JSON), created_at, launched_at, launched_by, stopped_at, speed}."""
+        {id, owner, spec (decoded JSON), created_at, launched_at, launched_by, stopped_at, speed, code}."""
         sql, params = "SELECT * FROM experiments", []
         if experiment_id is not None:
             sql += " WHERE id = ?"
@@ -666,14 +667,15 @@ class Store:
         for row in rows:
             row["spec"] = json.loads(row["spec"]) if row["spec"] else None
             row["speed"] = json.loads(row["speed"]) if row["speed"] else None
+            row["code"] = json.loads(row["code"]) if row["code"] else []
         return rows
 
     def update_experiment(self, experiment_id: str, **fields: Any) -> None:
-        """Set launched_at, launched_by, stopped_at and/or speed (JSON-able) of an experiment."""
-        allowed = {"launched_at", "launched_by", "stopped_at", "speed"}
+        """Set launched_at, launched_by, stopped_at, speed and/or code (JSON-able) of an experiment."""
+        allowed = {"launched_at", "launched_by", "stopped_at", "speed", "code"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"update_experiment sets {', '.join(sorted(allowed))}; got {', '.join(fields)}")
-        values = [_dumps(v) if k == "speed" and v is not None else v for k, v in fields.items()]
+        values = [_dumps(v) if k in ("speed", "code") and v is not None else v for k, v in fields.items()]
         with self._transaction() as db:
             db.execute(f"UPDATE experiments SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                        (*values, experiment_id))

@@ -667,3 +667,25 @@ def test_cli_runs_resumes_and_reports(tmp_path):
                          (["--datasets", "mnist1d:100"], "training-set size")):
         r = subprocess.run(args[:4] + bad, capture_output=True, text=True, timeout=120, env=env)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_report_vouches_only_for_the_code_that_trained_its_runs(repo):
+    from asymviz.experiment.report import trained_commit
+
+    now = provenance.commit_info(repo)
+    same = [{"at": 1.0, "commit": now["commit"], "dirty": False}]
+    assert trained_commit(same, now) == now
+    for launches in ([{"at": 1.0, "commit": "b" * 40, "dirty": False}], same + [{"at": 2.0, "commit": now["commit"],
+                                                                                  "dirty": True}]):
+        marked = trained_commit(launches, now)
+        text = f"| **Commit** | {provenance.commit_text(marked)} |"
+        assert provenance.report_commit(text) == (now["commit"], False)  # dirty: the stale check fails
+        assert "runs were trained by other code" in text
+
+
+def test_launches_record_the_code_that_ran():
+    store = Store(":memory:")
+    exp_id = ex.launch(ex.ExperimentSpec(**TINY), FakeRunner(store), owner="ana")
+    ex.launch(ex.ExperimentSpec(**TINY), FakeRunner(store), owner="ana")
+    code = store.experiments(exp_id)[0]["code"]
+    assert len(code) == 2 and code[0]["commit"] == provenance.commit_info()["commit"]

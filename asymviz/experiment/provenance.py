@@ -90,7 +90,8 @@ def commit_text(info: dict) -> str:
     if not info.get("commit"):
         return "unknown (not run from a git checkout)"
     if info.get("dirty"):
-        return f"`{info['commit']}` (dirty: uncommitted changes in {', '.join(info['changed'])})"
+        why = info.get("reason") or f"uncommitted changes in {', '.join(info.get('changed') or ['asymviz/'])}"
+        return f"`{info['commit']}` (dirty: {why})"
     return f"`{info['commit']}` (clean: no uncommitted change under asymviz/)"
 
 

@@ -282,7 +282,8 @@ def header(a: dict, head: dict) -> list[str]:
     speed = a["speed_raw"] or {}
     wall = p["elapsed_s"] + float(speed.get("wall_s") or 0.0)
     versions = head.get("versions") or provenance.versions()
-    rows = [("Commit", provenance.commit_text(head.get("commit") or provenance.commit_info())),
+    rows = [("Commit", provenance.commit_text(trained_commit(a["state"].get("code") or [],
+                                                             head.get("commit") or provenance.commit_info()))),
             ("Packages", ", ".join(f"{k} {v}" for k, v in versions.items())),
             ("Machine", head.get("machine") or provenance.machine_line()),
             ("Wall time", f"{duration(wall)}: training {duration(p['elapsed_s'])} (first run started to last run "
@@ -296,6 +297,17 @@ def header(a: dict, head: dict) -> list[str]:
     if head.get("links"):
         rows.append(("Raw data", ", ".join(f"[{n}]({path})" for n, path in head["links"])))
     return ["| | |", "|---|---|"] + [f"| **{k}** | {v} |" for k, v in rows]
+
+
+def trained_commit(launches: list[dict], now: dict) -> dict:
+    """The commit the report vouches for: the one the report is written at, provided every
+    launch of the experiment (the code that trained its runs) was a clean checkout of that same
+    commit; otherwise it is marked dirty with the reason, so the stale-report check fails."""
+    other = sorted({f"{(c.get('commit') or 'unknown')[:12]}{' (dirty)' if c.get('dirty') else ''}" for c in launches
+                    if c.get("commit") != now.get("commit") or c.get("dirty")})
+    if not other:
+        return now
+    return {**now, "dirty": True, "reason": f"runs were trained by other code: {', '.join(other)}"}
 
 
 def data_lines(info: Iterable[dict]) -> list[str]:

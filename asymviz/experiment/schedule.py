@@ -214,9 +214,14 @@ def launch(spec: ExperimentSpec, runner, owner: str = "cli") -> str:
     it: finished cells are kept, failed, stopped and interrupted ones are queued again."""
     spec = spec.validated()
     check_limits(spec, runner, owner)
+    from asymviz.experiment.provenance import commit_info
+
     store = runner.store
     exp_id = register(store, spec, owner)
-    store.update_experiment(exp_id, launched_at=time.time(), launched_by=owner)
+    now = time.time()
+    info = commit_info()
+    code = store.experiments(exp_id)[0]["code"] + [{"at": now, "commit": info["commit"], "dirty": info["dirty"]}]
+    store.update_experiment(exp_id, launched_at=now, launched_by=owner, code=code)
     advance(store, exp_id)
     return exp_id
 
