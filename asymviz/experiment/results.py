@@ -344,7 +344,7 @@ def analyze(store, exp_id: str) -> dict:
     speed = speed_table(spec, state["speed"], verdicts)
     return {"id": exp_id, "spec": spec, "state": state, "progress": progress(store, exp_id), "runs": df,
             "selection": selection_table(spec, runs), "confirmation": summarize(df, "confirmation"),
-            "anchor_runs": summarize(df, "anchor"), "verdicts": verdicts, "speed": speed, "curves": speed_curves(speed),
+            "verdicts": verdicts, "speed": speed, "curves": speed_curves(speed),
             "anchor": anchor_table(spec, df, state["speed"]), "speed_raw": state["speed"]}
 
 
