@@ -166,13 +166,14 @@ def refresh_seconds() -> float:
 
 @st.cache_resource(show_spinner="Starting the training workers ...")
 def _runner(path: str):
-    from asymviz.experiment import Feeder
+    from asymviz.experiment import Advancer
     from asymviz.jobs import get_runner
 
     runner = get_runner(path)
-    # One thread per server feeds every launched experiment's cells to the queue, so an
-    # experiment goes on with its tab closed, and again after a server restart.
-    Feeder(runner).start()
+    # One thread per server moves every launched experiment on (stage 2 once a selection is
+    # done, then the width sweep), so an experiment goes on with its tab closed, and again
+    # after a server restart.
+    Advancer(runner).start()
     return runner
 
 

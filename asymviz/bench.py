@@ -119,7 +119,8 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
                    sparsities: list[float] = [0.0, 0.5, 0.9, 0.95], strategy: str = "neuron",
                    conn_sparsity: float = 0.0, granularity: str = "batch", n_in: int = 784,
                    n_out: int = 10, optimizer: str = "adam", device: str = "cpu", repeats: int = 20,
-                   warmup: int = 3, seed: int = 0, path: str = "auto", clock: str = "wall") -> list[dict]:
+                   warmup: int = 3, seed: int = 0, path: str = "auto", clock: str = "wall",
+                   samples: bool = False) -> list[dict]:
     """Dense vs sparse timings of MLP n_in-widths-n_out, one row per sparsity (times in ms, medians).
 
     Row keys: strategy, sparsity, keep (kept neurons per hidden layer), widths, batch,
@@ -129,6 +130,8 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
     backward ran: "compact", "dense-fallback" or "autograd" (nothing dropped: plain autograd)).
     path: "auto" (the `use_compact` rule), or force "compact" / "dense" for every hidden layer.
     clock: "wall" (default) or "cpu" (process CPU time: steadier on a busy machine, one thread).
+    samples: also return every timed repeat, {"dense": [[forward, backward, optimizer] ms, ...],
+    "sparse": [...]} under "samples" (repeat i of both ran back to back: a paired measurement).
     """
     widths, sparsities, preset, conn_sparsity = _check(widths, batch, sparsities, strategy, conn_sparsity,
                                                        granularity, optimizer, repeats, warmup)
@@ -179,6 +182,8 @@ def backward_table(widths: list[int] = [2048, 2048], batch: int = 128,
             "threads": torch.get_num_threads() if dev.type == "cpu" else None,
             "kernels": kernel_note(dev),
         })
+        if samples:
+            rows[-1]["samples"] = {name: [[t * 1e3 for t in step] for step in ts] for name, ts in times.items()}
     return rows
 
 

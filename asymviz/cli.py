@@ -723,18 +723,80 @@ def _add_serve_command(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- experiment
+#
+# The experiment's grid flags come from one declaration, asymviz.experiment.spec.FIELDS (the
+# dashboard's form and the spec's validation use it too); the flags below it are about running.
 
 def _experiment_spec(args: argparse.Namespace):
-    """The validated ExperimentSpec of a preset (or the defaults) overridden by flags."""
+    """The validated ExperimentSpec of a preset (or the defaults) overridden by the grid flags."""
     from asymviz import experiment as ex
 
     base = (ex.preset(args.preset) if args.preset else ex.ExperimentSpec()).to_dict()
-    for name in ("datasets", "hidden", "strategies", "sparsities", "conn_sparsity", "dropouts", "seeds", "budget",
-                 "epochs", "max_epochs", "patience", "optimizer", "lr", "batch_size", "device"):
-        value = getattr(args, name)
+    for f in ex.FIELDS:
+        value = getattr(args, f.name, None)
         if value is not None:
-            base[name] = value
+            base[f.name] = value
     return ex.ExperimentSpec.from_dict(base).validated()
+
+
+def _experiment_runner(args: argparse.Namespace):
+    """The runner whose worker pool trains the cells (none with --report-only or external workers)."""
+    from asymviz.jobs import Limits, Runner
+
+    external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
+    limits = Limits.from_env()
+    limits.max_runs_per_owner = 0  # a private pool: no per-person limit on experiments
+    runner = Runner(args.store, workers=0 if external or args.report_only else args.workers, limits=limits,
+                    executor=args.executor)
+    if not (external or args.report_only) and runner.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {runner.workers}.")
+    runner.external = external
+    return runner
+
+
+def _train_cells(spec, runner, args, say) -> str:
+    """Launch (or resume) the experiment and keep advancing it until no training is left;
+    the experiment id. Ctrl-C stops it (KeyboardInterrupt, after stopping its runs)."""
+    import time
+
+    from asymviz import experiment as ex
+    from asymviz.ui import format_duration
+
+    exp_id = ex.launch(spec, runner, owner=args.owner)
+    store = runner.store
+    if not ex.progress(store, exp_id)["complete"]:
+        runner.start()  # no pool for a finished experiment
+    say(f"{exp_id}: {'external workers' if runner.external else _pool_text(runner)} on "
+        f"{store.path}; Ctrl-C stops, and the same command resumes.")
+    last_line, last_done = 0.0, -1
+    try:
+        while True:
+            ex.advance(store, exp_id)
+            p = ex.progress(store, exp_id)
+            now = time.monotonic()
+            if p["complete"] or (p["done"] != last_done and now - last_line >= 5) or now - last_line >= 30:
+                eta = "" if p["complete"] else f", about {format_duration(p['eta_s'])} left"
+                say(f"{exp_id}: {p['done']}/{p['total']} runs done, {p['running']} running, "
+                    f"{p['queued'] + p['pending']} queued, {p['waiting']} waiting for their selection, "
+                    f"{p['failed']} failed; {format_duration(p['elapsed_s'])} elapsed{eta}")
+                last_line, last_done = now, p["done"]
+            if p["complete"]:
+                return exp_id
+            time.sleep(3.0)  # advancing costs the parent a little CPU: not every instant
+    except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say(f"{exp_id}: stopping ...")
+        from asymviz.owners import ADMIN
+
+        ex.stop(runner, exp_id, owner=ADMIN)
+        runner.shutdown(grace=5.0)
+        p = ex.progress(store, exp_id)
+        say(f"{exp_id}: interrupted with {p['done']} of {p['total']} runs done; they stay in the store, so the "
+            "same command resumes.")
+        raise
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -743,102 +805,73 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     import time
 
     from asymviz import experiment as ex
-    from asymviz.jobs import Limits, Runner
-    from asymviz.owners import ADMIN
-    from asymviz.ui import format_duration
 
     spec = _experiment_spec(args)
-    external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
-    limits = Limits.from_env()
-    runner = Runner(args.store, workers=0 if external or args.report_only else args.workers, limits=limits,
-                    executor=args.executor)
-    if not (external or args.report_only) and runner.workers < 1:
-        raise CliError(f"--workers must be at least 1, got {runner.workers}.")
-    if limits.max_runs_per_owner:  # a private pool: let the experiment keep every worker busy
-        limits.max_runs_per_owner = max(limits.max_runs_per_owner, 4 * max(1, runner.workers))
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if args.estimate:
+        print(ex.estimate_text(spec))
+        return 0
+    runner = _experiment_runner(args)
     exp_id = ex.experiment_id(spec)
     out = args.out or os.path.join("artifacts", "experiments", exp_id)
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    head = {"command": "python -m asymviz experiment " + " ".join(args.argv)} if getattr(args, "argv", None) else {}
     if not args.report_only:
         say(f"{exp_id}: {spec.describe()}")
-        ex.prepare_data(spec)
+        head["data"] = ex.prepare_data(spec)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            ex.launch(spec, runner, owner=args.owner)
-            if not ex.progress(runner.store, exp_id)["complete"]:
-                runner.start()  # no pool for a finished experiment
-                if limits.max_runs_per_owner:  # the ray executor knows its size once started
-                    limits.max_runs_per_owner = max(limits.max_runs_per_owner, 4 * max(1, runner.workers))
-            say(f"{exp_id}: {'external workers' if external else _pool_text(runner)} on "
-                f"{runner.store.path}; Ctrl-C stops, and the same command resumes.")
-            last_line, last_done = 0.0, -1
-            while True:
-                ex.feed(runner, exp_id)
-                p = ex.progress(runner.store, exp_id)
-                now = time.monotonic()
-                if p["complete"] or (p["done"] != last_done and now - last_line >= 2) or now - last_line >= 15:
-                    eta = "" if p["complete"] else f", about {format_duration(p['eta_s'])} left"
-                    say(f"{exp_id}: {p['done']}/{p['total']} cells done, {p['running']} running, "
-                        f"{p['queued'] + p['pending']} waiting, {p['failed']} failed; "
-                        f"{format_duration(p['elapsed_s'])} elapsed{eta}")
-                    last_line, last_done = now, p["done"]
-                if p["complete"]:
-                    break
-                time.sleep(0.5)
+            _train_cells(spec, runner, args, say)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            say(f"{exp_id}: stopping ...")
-            ex.stop(runner, exp_id, owner=ADMIN)
-            runner.shutdown(grace=5.0)
-            p = ex.progress(runner.store, exp_id)
-            say(f"{exp_id}: interrupted with {p['done']} of {p['total']} cells done; they stay in the store, "
-                "so the same command resumes.")
             return 130
         finally:
             runner.shutdown(grace=5.0)
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-    paths = ex.write_report(runner.store, exp_id, out, notes=args.note)
-    d = ex.report_data(runner.store, exp_id)
-    if args.json:
-        print(json.dumps({**ex.report_json(d, exp_id), "paths": paths}))
+        if ex.speed_due(runner.store, exp_id):
+            say(f"{exp_id}: training done; measuring the width sweep (claim 3) with the machine to itself ...")
+            t0 = time.monotonic()
+            ex.measure_speed(runner.store, exp_id, say=lambda text: say(f"{exp_id}: {text}"))
+            say(f"{exp_id}: width sweep measured in {time.monotonic() - t0:.0f} s.")
     else:
-        print(ex.markdown_table(d["shown"]["verdicts"]))
-        print(f"\nReport: {paths['report.md']}, {paths['report.html']} (CSV tables beside them).")
-    p = d["progress"]
+        ex.experiment_state(runner.store, exp_id)  # ExperimentNotFound: one sentence
+        try:
+            head["data"] = ex.prepare_data(spec)
+        except AsymvizError:
+            pass  # the report still says everything else
+    paths = ex.write_report(runner.store, exp_id, out, notes=args.note, results=args.results, head=head)
+    a = ex.analyze(runner.store, exp_id)
+    if args.json:
+        print(json.dumps({**json.loads(open(paths["report.json"], encoding="utf-8").read()), "paths": paths}))
+    else:
+        print("\n".join(ex.report.words(a)))
+        print(f"\nReport: {paths['report.md']}, {paths['report.html']} (CSV tables beside them)"
+              + (f"; and {paths['results']}" if "results" in paths else "") + ".")
+    p = a["progress"]
     if p["stopped"] or not p["complete"]:
-        say(f"{exp_id}: the report covers {p['done']} of {p['total']} cells; run without --report-only to "
+        say(f"{exp_id}: the report covers {p['done']} of {p['total']} runs; run without --report-only to "
             "finish the experiment.")
         return 1
     if p["failed"]:
-        say(f"{exp_id}: {p['failed']} cell(s) failed (see the error column of runs.csv); run the same command "
+        say(f"{exp_id}: {p['failed']} run(s) failed (see the error column of runs.csv); run the same command "
             "again to retry them.")
         return 1
     return 0
 
 
 def _add_experiment_command(sub) -> None:
-    p = sub.add_parser("experiment", help="test the thesis: every strategy against dropout over seeds, with a report",
-                       description="Run a grid of runs (dataset x budget x strategy x sparsity x seed) with a "
-                                   "worker pool, resume it after an interruption, and write a report with means, "
-                                   "95 % intervals, paired tests against dropout and a verdict per claim.")
-    p.add_argument("--preset", help="quick (digits and mnist1d, 3 seeds, about 10 min on 2 cores) | thesis (hours)")
-    p.add_argument("--datasets", help="comma-separated dataset names, e.g. digits,mnist1d")
-    p.add_argument("--hidden", help="hidden widths, e.g. 256,256")
-    p.add_argument("--strategies", help="comma-separated: symmetric,dropout,neuron,excessive,refined,random")
-    p.add_argument("--sparsities", help="comma-separated neuron sparsities, e.g. 0.5,0.8,0.9,0.95")
-    p.add_argument("--conn-sparsity", type=float, help="connection sparsity of excessive and refined (default 0.5)")
-    p.add_argument("--dropouts", help="comma-separated dropout probabilities of the baseline, e.g. 0.2,0.5")
-    p.add_argument("--seeds", type=int, help="number of seeds (default 5; the quick preset 3)")
-    p.add_argument("--epochs", type=int, help="epochs of the equal budget")
-    p.add_argument("--max-epochs", type=int, help="most epochs of the converge budget")
-    p.add_argument("--patience", type=int, help="early-stopping patience of the converge budget, in epochs")
-    p.add_argument("--budget", help="equal | converge | both")
-    p.add_argument("--optimizer", help="sgd | momentum | adam")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda")
+    from asymviz.experiment.spec import FIELDS
+
+    p = sub.add_parser("experiment", help="test the thesis: tune on some seeds, test on others, with verdicts",
+                       description="Run the thesis experiment with a worker pool: every arm's setting is chosen on "
+                                   "selection seeds by validation, then the chosen settings run on fresh "
+                                   "confirmation seeds and only those are tested (paired t-tests with a practical "
+                                   "margin per claim, Holm within each claim); then the width sweep of claim 3. "
+                                   "Resumes after an interruption; writes a report (Markdown, HTML, CSV).")
+    p.add_argument("--preset", help="quick (minutes, embedded data) | standard (what RESULTS.md reports, about "
+                                    "90 min on 2 cores) | full (a cluster's worth: see --estimate)")
+    grid = p.add_argument_group("the grid (override the preset)")
+    for f in FIELDS:
+        grid.add_argument(f.flag, dest=f.name, metavar=f.kind.upper(), help=f.help.replace("%", "%%"))
     p.add_argument("--workers", type=int, help="worker processes (default $ASYMVIZ_WORKERS or one per core); "
                                                "ASYMVIZ_EXTERNAL_WORKERS=1 uses a `python -m asymviz worker` pool")
     p.add_argument("--executor", help="where the cells train: local (this machine's worker processes; default "
@@ -846,9 +879,13 @@ def _add_experiment_command(sub) -> None:
                                       "local Ray head; --workers then caps the runs at once)")
     p.add_argument("--owner", default="cli", help="who the runs belong to (default cli)")
     p.add_argument("--out", metavar="DIR", help="report folder (default artifacts/experiments/<experiment id>)")
+    p.add_argument("--results", metavar="FILE", help="also write the Markdown report to FILE (e.g. RESULTS.md), "
+                                                     "its links pointing at the CSV files in --out")
     p.add_argument("--note", action="append", default=[], metavar="TEXT", help="a line for the report (repeatable)")
     p.add_argument("--report-only", action="store_true", help="write the report of what the store holds; run nothing")
-    p.add_argument("--json", action="store_true", help="print the summary, paired tests and verdicts as one JSON object")
+    p.add_argument("--estimate", action="store_true", help="print the grid's runs and an estimate of its CPU time; "
+                                                           "run nothing")
+    p.add_argument("--json", action="store_true", help="print the report's data as one JSON object")
     _add_store_flag(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -904,7 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[1:] if argv and argv[0] == args.command else argv  # for the experiment report's header
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

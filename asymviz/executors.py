@@ -4,7 +4,7 @@
     ray    a Ray cluster: RAY_ADDRESS names one to join; unset, a local Ray head is started
 
     ASYMVIZ_EXECUTOR=ray RAY_ADDRESS=10.0.0.5:6379 python -m asymviz serve
-    python -m asymviz experiment --preset thesis --executor ray
+    python -m asymviz experiment --preset full --executor ray
 
 The run store stays the single source of truth on the server's machine whichever executor
 trains: runs are queued, claimed, stopped and reconciled there exactly as with the local pool,

@@ -1,12 +1,13 @@
-"""Figures of the thesis experiment: pure functions, summary tables in, `go.Figure` out.
+"""Figures of the thesis experiment: pure functions, result tables in, `go.Figure` out.
 
     from asymviz import experiment as ex, figures_experiment as fx
-    tables = ex.summarize(ex.collect(store, exp_id))
-    fx.metric_vs_sparsity(tables["settings"].query("dataset == 'digits'"), "test_acc", "digits")
+    a = ex.analyze(store, exp_id)
+    fx.confirmation_metric(a["confirmation"], "test_acc", "test accuracy")   # one panel per group
+    fx.width_sweep(a["speed"], "backward", "claim 3")                      # speedup against width
+    fx.meprop_comparison(a["anchor"], "meProp")                            # ours next to the paper
+    fx.learning_curves(ex.curves(store, a["runs"], ...), "curves")
 
-Asymmetric strategies are lines over sparsity with their 95 % interval as a band; symmetric
-and each dropout p do not depend on sparsity, so they are horizontal lines with a band.
-One subplot per budget (equal, converge).
+Intervals are the tables' 95 % t intervals (error bars or bands).
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 COLORS = {"symmetric": "#64748b", "dropout": "#0f172a", "neuron": "#2563eb", "excessive": "#f97316",
-          "refined": "#16a34a", "random": "#9333ea"}
-DASHES = ["dash", "dot", "dashdot", "longdash"]
-SPARSE = ("neuron", "excessive", "refined", "random")
-METRIC_TITLES = {"test_acc": "test accuracy", "best_val_acc": "best validation accuracy",
-                 "model_gap": "gap of the tested model (train - val acc)", "gap": "gap at the end",
-                 "best_gap": "gap at the best epoch", "backward_ms": "backward ms per step",
-                 "step_ms": "step ms per step", "epochs": "epochs trained"}
-_LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=70, b=45), height=360,
+          "refined": "#16a34a"}
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
+METRIC_TITLES = {"test_acc": "test accuracy", "gap": "train - test gap of the tested model",
+                 "test_loss": "test loss", "selection_metric": "validation accuracy", "backward_ms": "backward ms"}
+_LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=70, b=45), height=380,
                legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="right", x=1.0))
+
+
+def _color(strategy: str) -> str:
+    return COLORS.get(strategy, "#9333ea")
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -35,96 +37,95 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _frame(budgets: list[str], title: str, y_title: str) -> go.Figure:
-    fig = make_subplots(rows=1, cols=max(1, len(budgets)), shared_yaxes=True,
-                        subplot_titles=[f"{b} budget" for b in budgets] or None, horizontal_spacing=0.06)
+def _err(mean, lo, hi) -> tuple[list, list]:
+    plus = [h - m if math.isfinite(h) and math.isfinite(m) else 0 for m, h in zip(mean, hi)]
+    minus = [m - lo_ if math.isfinite(lo_) and math.isfinite(m) else 0 for m, lo_ in zip(mean, lo)]
+    return plus, minus
+
+
+def confirmation_metric(conf: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """`metric` per arm with its interval (error bars), one panel per group (dataset,
+    architecture, budget), from results.summarize(df, "confirmation")."""
+    groups = list(dict.fromkeys(zip(conf["dataset"], conf["hidden"], conf["budget"]))) if len(conf) else []
+    fig = make_subplots(rows=1, cols=max(1, len(groups)), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"{d}, {h}, {b}" for d, h, b in groups] or None)
+    fig.update_layout(**_LAYOUT, title=dict(text=title, x=0.0, font=dict(size=15)), showlegend=False)
+    fig.update_yaxes(title_text=METRIC_TITLES.get(metric, metric), row=1, col=1)
+    for col, (d, h, b) in enumerate(groups, start=1):
+        g = conf[(conf["dataset"] == d) & (conf["hidden"] == h) & (conf["budget"] == b)]
+        plus, minus = _err(g[metric].tolist(), g[f"{metric}_lo"].tolist(), g[f"{metric}_hi"].tolist())
+        fig.add_trace(go.Scatter(x=g["arm"].tolist(), y=g[metric].tolist(), mode="markers",
+                                 marker=dict(size=10, color=[_color(s) for s in g["strategy"]]),
+                                 error_y=dict(type="data", array=plus, arrayminus=minus, thickness=1.5),
+                                 text=g["setting"].tolist(), hovertemplate="%{x}<br>%{text}<br>%{y:.4f}<extra></extra>"),
+                      row=1, col=col)
+    if not groups:
+        fig.add_annotation(text="No confirmation runs yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+def width_sweep(speed: pd.DataFrame, which: str, title: str, margin: float = 0.10) -> go.Figure:
+    """Claim 3 as a curve: `which` ("backward" or "step") speedup (dense / sparse, with its
+    interval as a band) against width, one line per (strategy, sparsity); 1x and the margin are
+    drawn, and each point says its verdict."""
+    fig = go.Figure()
     fig.update_layout(**_LAYOUT, title=dict(text=title, x=0.0, font=dict(size=15)))
-    fig.update_yaxes(title_text=y_title, row=1, col=1)
-    for i in range(len(budgets)):
-        fig.update_xaxes(title_text="sparsity s (fraction of neurons dropped in backward)", row=1, col=i + 1)
+    fig.update_xaxes(title_text="hidden width (log scale)", type="log")
+    fig.update_yaxes(title_text=f"{which} speedup, dense / sparse (x)", type="log")
+    if not len(speed):
+        fig.add_annotation(text="The width sweep has not been measured yet", showarrow=False, xref="paper",
+                           yref="paper", x=0.5, y=0.5)
+        return fig
+    widths = sorted(set(speed["width"]))
+    for y, name, dash in ((1.0, "1x (as fast as dense)", "solid"), (1 + margin, f"+{margin:.0%} (the margin)", "dot")):
+        fig.add_trace(go.Scatter(x=[widths[0], widths[-1]], y=[y, y], mode="lines", name=name,
+                                 line=dict(color="#94a3b8", width=1, dash=dash)))
+    for i, ((strategy, s), g) in enumerate(speed.groupby(["strategy", "sparsity"], sort=False)):
+        g = g.sort_values("width")
+        color = _color(strategy)
+        lo, hi = g[f"{which}_lo"].tolist(), g[f"{which}_hi"].tolist()
+        pts = [(w, a, b) for w, a, b in zip(g["width"], lo, hi) if math.isfinite(a) and math.isfinite(b)]
+        if pts:
+            xs, los, his = zip(*pts)
+            fig.add_trace(go.Scatter(x=list(xs) + list(xs)[::-1], y=list(his) + list(los)[::-1], fill="toself",
+                                     fillcolor=_rgba(color, 0.12), line=dict(width=0), hoverinfo="skip",
+                                     showlegend=False))
+        fig.add_trace(go.Scatter(x=g["width"].tolist(), y=g[f"{which}_speedup"].tolist(), mode="lines+markers",
+                                 name=f"{strategy} s={s:g}", text=g[f"{which}_verdict"].tolist(),
+                                 line=dict(color=color, width=2, dash=DASHES[i % len(DASHES)]),
+                                 hovertemplate="width %{x}<br>%{y:.2f}x<br>%{text}<extra></extra>"))
     return fig
 
 
-def _band(fig, x, lo, hi, color, group, col) -> None:
-    pts = [(a, b, c) for a, b, c in zip(x, lo, hi) if math.isfinite(b) and math.isfinite(c)]
-    if not pts:
-        return
-    xs, los, his = zip(*pts)
-    fig.add_trace(go.Scatter(x=list(xs) + list(xs)[::-1], y=list(his) + list(los)[::-1], fill="toself",
-                             fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
-                             showlegend=False, legendgroup=group), row=1, col=col)
-
-
-def _budgets(settings: pd.DataFrame) -> list[str]:
-    return [b for b in ("equal", "converge") if b in set(settings["budget"])]
-
-
-def metric_vs_sparsity(settings: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """`metric` (a column of summarize()'s settings, with _lo/_hi) against sparsity, one
-    subplot per budget; the rows should be of one dataset."""
-    budgets = _budgets(settings) if len(settings) else []
-    fig = _frame(budgets, title, METRIC_TITLES.get(metric, metric))
-    if not len(settings):
+def meprop_comparison(anchor: pd.DataFrame, title: str) -> go.Figure:
+    """The meProp anchor: our test accuracy per arm (with its interval) next to the published
+    figures, and our backward speedup next to theirs."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["test accuracy", "backward speedup against dense"],
+                        horizontal_spacing=0.1)
+    fig.update_layout(**_LAYOUT, title=dict(text=title, x=0.0, font=dict(size=15)), barmode="group")
+    if not len(anchor):
         return fig
-    sparse = settings[settings["strategy"].isin(SPARSE)]
-    x_range = [float(sparse["sparsity"].min()), float(sparse["sparsity"].max())] if len(sparse) else [0.0, 1.0]
-    if x_range[0] == x_range[1]:
-        x_range = [x_range[0] - 0.05, x_range[1] + 0.05]
-    for col, budget in enumerate(budgets, start=1):
-        g = settings[settings["budget"] == budget]
-        for label in SPARSE:
-            s = g[g["strategy"] == label].sort_values("sparsity")
-            if not len(s):
-                continue
-            x = s["sparsity"].tolist()
-            _band(fig, x, s[f"{metric}_lo"].tolist(), s[f"{metric}_hi"].tolist(), COLORS[label], label, col)
-            fig.add_trace(go.Scatter(x=x, y=s[metric].tolist(), mode="lines+markers", name=label,
-                                     legendgroup=label, showlegend=col == 1,
-                                     line=dict(color=COLORS[label], width=2,
-                                               dash="dot" if label == "random" else "solid")), row=1, col=col)
-        flat = g[~g["strategy"].isin(SPARSE)]
-        for i, r in enumerate(flat.itertuples()):
-            color = COLORS[r.strategy]
-            name = r.setting
-            y, lo, hi = getattr(r, metric), getattr(r, f"{metric}_lo"), getattr(r, f"{metric}_hi")
-            _band(fig, x_range, [lo, lo], [hi, hi], color, name, col)
-            fig.add_trace(go.Scatter(x=x_range, y=[y, y], mode="lines", name=name, legendgroup=name,
-                                     showlegend=col == 1,
-                                     line=dict(color=color, width=1.5, dash=DASHES[i % len(DASHES)])), row=1, col=col)
-    return fig
-
-
-def speedup_vs_sparsity(settings: pd.DataFrame, title: str) -> go.Figure:
-    """Backward speedup versus symmetric (ratio of mean backward ms) against sparsity, one
-    subplot per budget; above 1 is faster. Dropout is a horizontal line."""
-    budgets = _budgets(settings) if len(settings) else []
-    fig = _frame(budgets, title, "backward speedup vs symmetric (x)")
-    if not len(settings):
-        return fig
-    sparse = settings[settings["strategy"].isin(SPARSE)]
-    x_range = [float(sparse["sparsity"].min()), float(sparse["sparsity"].max())] if len(sparse) else [0.0, 1.0]
-    for col, budget in enumerate(budgets, start=1):
-        g = settings[settings["budget"] == budget]
-        fig.add_trace(go.Scatter(x=x_range, y=[1, 1], mode="lines", name="symmetric (1x)", legendgroup="symmetric",
-                                 showlegend=col == 1, line=dict(color=COLORS["symmetric"], width=1)), row=1, col=col)
-        for label in SPARSE:
-            s = g[g["strategy"] == label].sort_values("sparsity")
-            if len(s):
-                fig.add_trace(go.Scatter(x=s["sparsity"].tolist(), y=s["backward_speedup"].tolist(),
-                                         mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
-                                         line=dict(color=COLORS[label], width=2,
-                                                   dash="dot" if label == "random" else "solid")), row=1, col=col)
-        for i, r in enumerate(g[g["strategy"] == "dropout"].itertuples()):
-            fig.add_trace(go.Scatter(x=x_range, y=[r.backward_speedup] * 2, mode="lines", name=r.setting,
-                                     legendgroup=r.setting, showlegend=col == 1,
-                                     line=dict(color=COLORS["dropout"], width=1.5, dash=DASHES[i % len(DASHES)])),
-                          row=1, col=col)
+    plus, minus = _err(anchor["test_acc"].tolist(), anchor["test_acc_lo"].tolist(), anchor["test_acc_hi"].tolist())
+    fig.add_trace(go.Bar(x=anchor["arm"], y=anchor["test_acc"], name="ours", marker_color="#2563eb",
+                         error_y=dict(type="data", array=plus, arrayminus=minus)), row=1, col=1)
+    fig.add_trace(go.Bar(x=anchor["arm"], y=anchor["published_test_acc"], name="meProp paper",
+                         marker_color="#f97316"), row=1, col=1)
+    accs = [x for x in list(anchor["test_acc_lo"]) + list(anchor["published_test_acc"]) if math.isfinite(x)]
+    if accs:
+        fig.update_yaxes(range=[min(accs) - 0.01, 1.0], row=1, col=1)
+    sparse = anchor[anchor["backward_speedup"].notna() | anchor["published_speedup"].notna()]
+    plus, minus = _err(sparse["backward_speedup"].tolist(), sparse["backward_speedup_lo"].tolist(),
+                       sparse["backward_speedup_hi"].tolist())
+    fig.add_trace(go.Bar(x=sparse["arm"], y=sparse["backward_speedup"], name="ours (backward)", marker_color="#2563eb",
+                         error_y=dict(type="data", array=plus, arrayminus=minus), showlegend=False), row=1, col=2)
+    fig.add_trace(go.Bar(x=sparse["arm"], y=sparse["published_speedup"], name="paper (backprop)",
+                         marker_color="#f97316", showlegend=False), row=1, col=2)
     return fig
 
 
 def learning_curves(curves: pd.DataFrame, title: str) -> go.Figure:
-    """Validation accuracy (solid) and train accuracy (dotted) per epoch of every setting of a
-    cell, from experiment.curves()."""
+    """Validation accuracy (solid) and train accuracy (dotted) per epoch of every arm, from
+    experiment.curves()."""
     fig = go.Figure()
     fig.update_layout(**_LAYOUT, title=dict(text=title, x=0.0, font=dict(size=15)), hovermode="x unified")
     fig.update_xaxes(title_text="epoch")
@@ -132,14 +133,11 @@ def learning_curves(curves: pd.DataFrame, title: str) -> go.Figure:
     if not len(curves):
         fig.add_annotation(text="No finished runs yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
         return fig
-    seen: dict[str, int] = {}
-    for setting, g in curves.groupby("setting", sort=False):
-        label = g["strategy"].iloc[0]
-        i = seen[label] = seen.get(label, -1) + 1
-        color = COLORS.get(label, "#000000")
-        width = 2 if label in ("neuron", "excessive", "refined") else 1.5
-        fig.add_trace(go.Scatter(x=g["epoch"], y=g["val_acc"], mode="lines", name=setting, legendgroup=setting,
-                                 line=dict(color=color, width=width, dash="solid" if i == 0 else DASHES[i % 4])))
-        fig.add_trace(go.Scatter(x=g["epoch"], y=g["train_acc"], mode="lines", name=f"{setting} (train)",
-                                 legendgroup=setting, showlegend=False, line=dict(color=color, width=1, dash="dot")))
+    for arm, g in curves.groupby("arm", sort=False):
+        color = _color(g["strategy"].iloc[0])
+        dash = "dash" if "[" in arm else "solid"  # ablation arms: dashed, in their strategy's color
+        fig.add_trace(go.Scatter(x=g["epoch"], y=g["val_acc"], mode="lines", name=arm, legendgroup=arm,
+                                 line=dict(color=color, width=2, dash=dash)))
+        fig.add_trace(go.Scatter(x=g["epoch"], y=g["train_acc"], mode="lines", name=f"{arm} (train)",
+                                 legendgroup=arm, showlegend=False, line=dict(color=color, width=1, dash="dot")))
     return fig

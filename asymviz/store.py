@@ -16,7 +16,9 @@ Tables (see MIGRATIONS): `runs` (one row per run; `config` and `summary` are JSO
 `steps` and `epochs` (one flat metric dict per row, JSON), `masks` (the kept neuron indices
 per layer per step, packed into a BLOB; optional connection-mask snapshot), `events` (a log),
 `artifacts` (other JSON records of a run by kind, e.g. a decision-boundary grid per epoch),
-`owners` (the names dashboard users claimed, each with a salted slow hash of its PIN).
+`owners` (the names dashboard users claimed, each with a salted slow hash of its PIN),
+`experiments` (one row per experiment: its spec, launches, stops, width-sweep timings) and
+`experiment_runs` (which cell of which experiment a run stands for).
 Queries return dicts. Every write is one `BEGIN IMMEDIATE` transaction; a write that finds the
 file locked waits (`busy_timeout`) and then retries with backoff, so "database is locked" does
 not reach callers (after about a minute of contention it becomes a `StoreError`).
@@ -149,6 +151,33 @@ MIGRATIONS = [
         failures INTEGER NOT NULL DEFAULT 0,    -- PIN attempts since the last right one
         locked_until REAL                       -- no PIN of this name is checked before then
     );
+    """,
+    """
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,                    -- "exp-" and 10 hex digits of the spec's hash
+        owner TEXT NOT NULL,
+        spec TEXT NOT NULL,                     -- JSON of asymviz.experiment.ExperimentSpec
+        created_at REAL NOT NULL,
+        launched_at REAL,                       -- the latest launch (launching again resumes)
+        launched_by TEXT,
+        stopped_at REAL,                        -- the latest stop: stopped while stopped_at >= launched_at
+        speed TEXT,                             -- JSON: the width sweep's timings, once measured
+        code TEXT                               -- JSON: [{at, commit, dirty}] of every launch (the code that trained)
+    );
+    CREATE TABLE experiment_runs (
+        run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+        experiment_id TEXT NOT NULL REFERENCES experiments (id) ON DELETE CASCADE,
+        cell TEXT NOT NULL                      -- which cell of the grid the run stands for
+    );
+    CREATE INDEX experiment_runs_by_cell ON experiment_runs (experiment_id, cell);
+    -- experiments that earlier versions logged as events: kept, with their spec as it was
+    INSERT OR IGNORE INTO experiments (id, owner, spec, created_at)
+        SELECT json_extract(message, '$.id'), coalesce(json_extract(message, '$.owner'), 'unknown'),
+               json_extract(message, '$.spec'), at
+        FROM events
+        WHERE run_id IS NULL AND kind = 'experiment' AND json_valid(message)
+          AND json_extract(message, '$.id') IS NOT NULL AND json_extract(message, '$.spec') IS NOT NULL
+        ORDER BY id;
     """,
 ]
 
@@ -420,18 +449,14 @@ class Store:
         """Queue a new run; return its id.
 
         admit(active, mine): called inside the write transaction with the queued + running runs
-        of everyone and of owner; an exception from it refuses the run (nothing is written)."""
-        if dataclasses.is_dataclass(config) and not isinstance(config, type):
-            config = dataclasses.asdict(config)
-        try:
-            config_json = json.dumps(config, allow_nan=False, default=_json_default)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"The run config cannot be stored as JSON: {_reason(exc)}.") from exc
+        of everyone and of owner (experiment cells not counted: an experiment is admitted as a
+        whole, see create_experiment_runs); an exception from it refuses the run (nothing is written)."""
+        config_json = _config_json(config)
         with self._transaction() as db:
             if admit is not None:
-                active = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
-                mine = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running') AND owner = ?",
-                                  (owner,)).fetchone()[0]
+                single = "status IN ('queued', 'running') AND id NOT IN (SELECT run_id FROM experiment_runs)"
+                active = db.execute(f"SELECT count(*) FROM runs WHERE {single}").fetchone()[0]
+                mine = db.execute(f"SELECT count(*) FROM runs WHERE {single} AND owner = ?", (owner,)).fetchone()[0]
                 admit(active, mine)
             cur = db.execute(
                 "INSERT INTO runs (created_at, owner, config, status, tag) VALUES (?, ?, ?, ?, ?)",
@@ -439,15 +464,21 @@ class Store:
             return cur.lastrowid
 
     def claim_next(self, worker_pid: int, worker_host: str) -> dict | None:
-        """Atomically take the oldest queued run for this worker (now `running`); None if none.
+        """Atomically take a queued run for this worker (now `running`); None if none.
 
+        Fair across owners: the oldest queued run of the owner with the fewest running runs (ties:
+        the oldest), so one person's queued experiment grid does not hold up everyone else's runs.
         One UPDATE ... RETURNING under the write lock: two processes never take the same run."""
         now = time.time()
         with self._transaction() as db:
             row = db.execute(
                 """UPDATE runs SET status = 'running', started_at = ?, heartbeat_at = ?,
                                    worker_pid = ?, worker_host = ?
-                   WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1)
+                   WHERE id = (SELECT q.id FROM (SELECT owner, min(id) AS id FROM runs
+                                                 WHERE status = 'queued' GROUP BY owner) q
+                               ORDER BY (SELECT count(*) FROM runs r
+                                         WHERE r.status = 'running' AND r.owner = q.owner), q.id
+                               LIMIT 1)
                      AND status = 'queued'
                    RETURNING *""",
                 (now, now, worker_pid, worker_host)).fetchall()
@@ -767,6 +798,80 @@ class Store:
             row["data"] = json.loads(row["data"])
         return rows
 
+    # -- experiments --------------------------------------------------------------------
+
+    def add_experiment(self, experiment_id: str, owner: str, spec: dict) -> bool:
+        """Record an experiment (once: False if the id exists already)."""
+        with self._transaction() as db:
+            cur = db.execute("INSERT OR IGNORE INTO experiments (id, owner, spec, created_at) VALUES (?, ?, ?, ?)",
+                             (experiment_id, owner, _config_json(spec), time.time()))
+            return cur.rowcount == 1
+
+    def experiments(self, experiment_id: str | None = None) -> list[dict]:
+        """Experiments newest first (or the one with this id: a list of <= 1), as dicts
+        {id, owner, spec (decoded JSON), created_at, launched_at, launched_by, stopped_at, speed, code}."""
+        sql, params = "SELECT * FROM experiments", []
+        if experiment_id is not None:
+            sql += " WHERE id = ?"
+            params.append(experiment_id)
+        rows = self._query(sql + " ORDER BY created_at DESC, id", params)
+        for row in rows:
+            row["spec"] = json.loads(row["spec"]) if row["spec"] else None
+            row["speed"] = json.loads(row["speed"]) if row["speed"] else None
+            row["code"] = json.loads(row["code"]) if row["code"] else []
+        return rows
+
+    def update_experiment(self, experiment_id: str, **fields: Any) -> None:
+        """Set launched_at, launched_by, stopped_at, speed and/or code (JSON-able) of an experiment."""
+        allowed = {"launched_at", "launched_by", "stopped_at", "speed", "code"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"update_experiment sets {', '.join(sorted(allowed))}; got {', '.join(fields)}")
+        values = [_dumps(v) if k in ("speed", "code") and v is not None else v for k, v in fields.items()]
+        with self._transaction() as db:
+            db.execute(f"UPDATE experiments SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                       (*values, experiment_id))
+
+    def create_experiment_runs(self, experiment_id: str, owner: str, cells: Sequence[tuple[str, dict]]) -> list[int]:
+        """Queue one run per (cell, config) of an experiment that needs one, in one transaction
+        (tagged with the experiment id); the new run ids. A cell needs a run unless it has one
+        that is queued, running, finished or diverged, or one that ended otherwise (failed,
+        stopped, interrupted) after the experiment's latest launch; nothing is queued while the
+        experiment is stopped. Checked inside the write transaction, so two processes advancing
+        the same experiment never queue a cell twice. The queue limits on single runs do not
+        count these runs (the experiment is admitted as a whole)."""
+        rows = [(cell, _config_json(config)) for cell, config in cells]
+        ids: list[int] = []
+        with self._transaction() as db:
+            exp = db.execute("SELECT launched_at, stopped_at FROM experiments WHERE id = ?",
+                             (experiment_id,)).fetchone()
+            if exp is None:
+                raise ValueError(f"no experiment {experiment_id!r} in this store")
+            launched = exp["launched_at"] or 0.0
+            if exp["stopped_at"] is not None and exp["stopped_at"] >= launched:
+                return ids
+            covered = {row["cell"] for row in db.execute(
+                "SELECT experiment_runs.cell AS cell FROM experiment_runs JOIN runs ON runs.id = experiment_runs.run_id "
+                "WHERE experiment_runs.experiment_id = ? AND (runs.status IN ('queued', 'running', 'finished', "
+                "'diverged') OR runs.created_at >= ?)", (experiment_id, launched))}
+            now = time.time()
+            for cell, config_json in rows:
+                if cell in covered:
+                    continue
+                covered.add(cell)
+                run_id = db.execute("INSERT INTO runs (created_at, owner, config, status, tag) VALUES (?, ?, ?, ?, ?)",
+                                    (now, owner, config_json, "queued", experiment_id)).lastrowid
+                db.execute("INSERT INTO experiment_runs (run_id, experiment_id, cell) VALUES (?, ?, ?)",
+                           (run_id, experiment_id, cell))
+                ids.append(run_id)
+        return ids
+
+    def experiment_runs(self, experiment_id: str) -> list[dict]:
+        """The runs of an experiment newest first, each with its `cell`."""
+        rows = self._query("SELECT runs.*, experiment_runs.cell AS cell FROM runs JOIN experiment_runs "
+                           "ON experiment_runs.run_id = runs.id WHERE experiment_runs.experiment_id = ? "
+                           "ORDER BY runs.id DESC", (experiment_id,))
+        return [_run_dict(row) for row in rows]
+
     # -- events -------------------------------------------------------------------------
 
     def add_event(self, run_id: int | None, kind: str, message: str) -> int:
@@ -997,6 +1102,15 @@ def _statements(script: str) -> list[str]:
                 statements.append(current.strip())
             current = ""
     return statements
+
+
+def _config_json(config) -> str:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    try:
+        return json.dumps(config, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"The run config cannot be stored as JSON: {_reason(exc)}.") from exc
 
 
 def _json_default(value):

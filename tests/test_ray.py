@@ -330,8 +330,9 @@ def test_the_sink_writes_what_a_node_sends_as_a_local_writer_would(ray_head, pat
 
 
 def test_an_experiment_through_ray_equals_the_local_pool_and_resumes(ray_head, tmp_path):
-    grid = ["--datasets", "moons", "--strategies", "dropout,symmetric,neuron", "--sparsities", "0.9",
-            "--seeds", "2", "--epochs", "3", "--budget", "equal", "--json"]
+    grid = ["--datasets", "moons", "--hidden", "16", "--strategies", "dropout,symmetric,neuron",
+            "--sparsities", "0.9", "--dropouts", "0.5", "--selection-seeds", "1", "--confirmation-seeds", "2",
+            "--epochs", "3", "--budgets", "equal", "--speed-widths", "", "--json"]
     results = {}
     for executor in ("local", "ray"):
         env = {**os.environ, "ASYMVIZ_HOME": str(tmp_path / executor), "RAY_ADDRESS": ray_head[0],
@@ -340,7 +341,7 @@ def test_an_experiment_through_ray_equals_the_local_pool_and_resumes(ray_head, t
                 "--out", str(tmp_path / executor / "report")]
         p = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
         assert p.returncode == 0, p.stderr[-3000:]
-        assert "6/6 cells done" in p.stderr
+        assert "6/6 runs done" in p.stderr
         assert ("ray executor" in p.stderr) == (executor == "ray")
         with Store(tmp_path / executor / "asymviz.db") as store:
             runs = store.list_runs()
@@ -413,7 +414,7 @@ def test_an_unknown_executor_is_one_sentence(path, monkeypatch, value):
 
 
 def test_an_unknown_executor_flag_exits_2_with_its_sentence():
-    p = subprocess.run([sys.executable, "-m", "asymviz", "experiment", "--executor", "dask", "--seeds", "2"],
+    p = subprocess.run([sys.executable, "-m", "asymviz", "experiment", "--executor", "dask", "--confirmation-seeds", "2"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 2 and p.stderr.strip() == "error: --executor must be one of local, ray; got 'dask'."
 
@@ -423,7 +424,7 @@ def test_the_local_pool_stays_the_default(path):
     assert executors.executor_name("RAY") == "ray" and executors.executor_name("") == "local"
 
 
-@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "1"], ["experiment", "--seeds", "2"]])
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "1"], ["experiment", "--confirmation-seeds", "2"]])
 def test_asking_for_ray_without_it_installed_is_one_sentence(command, tmp_path):
     code = ("import sys; sys.modules['ray'] = None  # as if not installed\n"
             "from asymviz.cli import main; sys.exit(main(sys.argv[1:]))")

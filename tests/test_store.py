@@ -211,6 +211,42 @@ def test_claim_takes_the_oldest_queued_run(store):
     assert store.claim_next(1, "h") is None
 
 
+def test_claim_is_fair_across_owners(store):
+    """A whole experiment grid queued by one person does not make others wait behind it: the
+    next run is the oldest of the owner with the fewest running runs."""
+    grid = [store.create_run({"i": i}, owner="ana") for i in range(5)]
+    late = store.create_run({"i": 9}, owner="ben")
+    order = [store.claim_next(1, "h")["id"] for _ in range(4)]
+    assert order == [grid[0], late, grid[1], grid[2]]  # ana 1 running, ben 0: ben's; then only ana's are left
+    store.set_status(grid[0], "finished")
+    other = store.create_run({"i": 10}, owner="cy")
+    assert store.claim_next(1, "h")["id"] == other  # cy runs nothing; ana runs 2, ben 1
+
+
+def test_experiment_runs_are_queued_once_and_not_counted_by_the_queue_limits(store):
+    assert store.add_experiment("exp-1", "ana", {"datasets": ["moons"]})
+    assert not store.add_experiment("exp-1", "bob", {"other": 1})  # once
+    store.update_experiment("exp-1", launched_at=time.time(), launched_by="ana")
+    ids = store.create_experiment_runs("exp-1", "ana", [("a", CONFIG), ("b", CONFIG), ("a", CONFIG)])
+    assert len(ids) == 2  # a cell is queued once
+    assert store.create_experiment_runs("exp-1", "ana", [("a", CONFIG), ("c", CONFIG)]) == [ids[-1] + 1]
+    assert {r["cell"] for r in store.experiment_runs("exp-1")} == {"a", "b", "c"}
+    assert {r["tag"] for r in store.experiment_runs("exp-1")} == {"exp-1"}
+    seen = []
+    store.create_run(CONFIG, owner="ana", admit=lambda active, mine: seen.append((active, mine)))
+    assert seen == [(0, 0)]  # the experiment's three queued runs are not single runs
+    store.update_experiment("exp-1", stopped_at=time.time() + 1)
+    assert store.create_experiment_runs("exp-1", "ana", [("d", CONFIG)]) == []  # stopped: nothing queued
+    (exp,) = store.experiments("exp-1")
+    assert exp["owner"] == "ana" and exp["spec"] == {"datasets": ["moons"]} and exp["launched_by"] == "ana"
+    store.update_experiment("exp-1", speed={"rows": [1, 2]})
+    assert store.experiments("exp-1")[0]["speed"] == {"rows": [1, 2]}
+    with pytest.raises(ValueError):
+        store.update_experiment("exp-1", owner="eve")
+    store.delete_run(ids[0])
+    assert {r["cell"] for r in store.experiment_runs("exp-1")} == {"b", "c"}
+
+
 def test_stop_is_cooperative(store):
     run_id = store.create_run(CONFIG, owner="ana")
     store.claim_next(1, "h")
