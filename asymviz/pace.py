@@ -69,8 +69,8 @@ def check_speed(value) -> float:
     except (TypeError, ValueError):
         speed = float("nan")
     if not 0 <= speed <= MAX_SPEED:
-        raise ConfigError(f"The pace must be a number of steps per second from 1 to {MAX_SPEED:g}, or 0 for "
-                          f"full speed; got {value!r}.")
+        raise ConfigError(f"The pace must be a number of steps per second from 0 to {MAX_SPEED:g} (0: full "
+                          f"speed), got {value!r}.")
     return speed
 
 

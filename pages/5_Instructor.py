@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
+import ui_lecture
 from asymviz import lab, ui
 from asymviz.store import TERMINAL
 
@@ -101,6 +102,7 @@ def live_view() -> None:
 
 
 live_view()
+ui_lecture.instructor_lessons()  # the lessons, and the one the lab opens on
 
 # ------------------------------------------------------------------------------------ all runs
 
