@@ -267,7 +267,7 @@ def _panel(run_id: int, owner: str) -> None:
     ids = [r["id"] for r in group if r["status"] in ui.LIVE]
     mine = run["owner"] == owner
     p = pace.get(store, run_id)
-    cols = st.columns([1, 1, 1, 1, 1, 3, 2], vertical_alignment="center")
+    cols = st.columns([1, 1, 1, 1, 1, 4, 2], vertical_alignment="center")
     who = "" if mine else f" Only {run['owner']} can do this."
     can = mine and bool(ids)
     act = dict(on_click=_act, use_container_width=True)

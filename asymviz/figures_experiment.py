@@ -25,8 +25,9 @@ METRIC_TITLES = {"test_acc": "test accuracy", "best_val_acc": "best validation a
                  "model_gap": "gap of the tested model (train - val acc)", "gap": "gap at the end",
                  "best_gap": "gap at the best epoch", "backward_ms": "backward ms per step",
                  "step_ms": "step ms per step", "epochs": "epochs trained"}
+# The legend stands right of the plots, below the top margin where the plotly toolbar appears.
 _LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=70, b=45), height=360,
-               legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="right", x=1.0))
+               legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
