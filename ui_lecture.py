@@ -29,6 +29,7 @@ from asymviz.strategies import STRATEGIES
 
 TRAIN = "pages/1_Train.py"
 SPEED_LABELS = {1.0: "1 step/s", 5.0: "5 steps/s", 20.0: "20 steps/s", 0.0: "full speed"}
+SHORT_LABELS = {1.0: "1/s", 5.0: "5/s", 20.0: "20/s", 0.0: "full"}  # the run's speed, beside its buttons
 # The Train page's widget keys of each control a link may hide or lock (asymviz.lessons.CONTROLS).
 KEYS = {
     "dataset": ["train_dataset", "train_noise", "train_csv_file", "train_csv_label"],
@@ -267,7 +268,7 @@ def _panel(run_id: int, owner: str) -> None:
     ids = [r["id"] for r in group if r["status"] in ui.LIVE]
     mine = run["owner"] == owner
     p = pace.get(store, run_id)
-    cols = st.columns([1, 1, 1, 1, 1, 4, 2], vertical_alignment="center")
+    cols = st.columns([1, 1, 1, 1, 1, 2.2, 1.6], vertical_alignment="center")
     who = "" if mine else f" Only {run['owner']} can do this."
     can = mine and bool(ids)
     act = dict(on_click=_act, use_container_width=True)
@@ -292,14 +293,16 @@ def _panel(run_id: int, owner: str) -> None:
         st.error(ss.pop("lecture_pace_error"))
     p = pace.get(store, run_id)
     ss["lecture_run_speed"] = p.speed if p.speed in pace.SPEEDS else None
-    cols[5].segmented_control("Speed", list(pace.SPEEDS), key="lecture_run_speed", format_func=SPEED_LABELS.get,
+    cols[5].segmented_control("Speed", list(pace.SPEEDS), key="lecture_run_speed", format_func=SHORT_LABELS.get,
                               label_visibility="collapsed", disabled=not can, on_change=_speed_changed,
-                              args=(ids, owner), help="How fast this run (and its twins) trains from now on.")
+                              args=(ids, owner), help="Steps per second this run (and its twins) trains at "
+                                                        "from now on.")
     step = pace.last_step(store, run_id)
     total = _total_steps(run, step)
     with cols[6].container(key="lecture_step_counter"):
         st.markdown(f"Step **{step:,}**" + (f" of {total:,}" if total else ""))
-    st.caption(_pace_line(run, p, step))
+    with st.container(key="lecture_pace_line"):
+        st.caption(_pace_line(run, p, step))
     _network(run, run["config"])
 
 
@@ -341,10 +344,12 @@ def _pace_line(run: dict, p: pace.Pace, step: int) -> str:
         return ("Waiting for a free worker; it will start paused." if p.paused else
                 f"Waiting for a free worker; it will train at {speed}.")
     if run["status"] == "running":
+        if p.paused and p.holding is not None:
+            return (f"Paused after step {p.holding:,}. **Step** trains one more batch, **Epoch** the rest of the "
+                    f"epoch, **Play** goes on at {speed}. After {pace.yield_seconds():g} s paused it gives its worker "
+                    "to other runs and later goes on from here.")
         if p.paused:
-            return (f"Paused after step {step:,}. **Step** trains one more batch, **Epoch** the rest of the epoch, "
-                    f"**Play** goes on at {speed}. After {pace.yield_seconds():g} s paused it gives its worker to "
-                    "other runs and later goes on from here.")
+            return "Pausing after the current step ..."
         return f"Training at {speed}."
     return f"{run['status'].capitalize()} after step {step:,}. **Reset** starts the same configuration again."
 

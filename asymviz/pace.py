@@ -60,6 +60,7 @@ class Pace:
     speed: float = 0.0  # steps per second, 0: full speed
     budget: int = 0  # steps a paused run may still take
     to_epoch_end: bool = False  # a paused run goes on to its epoch's end
+    holding: int | None = None  # the step after which the run's worker holds it (None: not held yet)
 
 
 def check_speed(value) -> float:
@@ -92,11 +93,11 @@ def yield_seconds() -> float:
 
 def get(store: Store, run_id: int) -> Pace:
     """The run's pace (full speed, playing, when none was set)."""
-    rows = store._query("SELECT paused, speed, budget, to_epoch_end FROM pace WHERE run_id = ?", (run_id,))
+    rows = store._query("SELECT paused, speed, budget, to_epoch_end, holding FROM pace WHERE run_id = ?", (run_id,))
     if not rows:
         return Pace()
     r = rows[0]
-    return Pace(bool(r["paused"]), float(r["speed"]), int(r["budget"]), bool(r["to_epoch_end"]))
+    return Pace(bool(r["paused"]), float(r["speed"]), int(r["budget"]), bool(r["to_epoch_end"]), r["holding"])
 
 
 def _owned(store: Store, run_ids: Iterable[int], owner: str | None) -> list[int]:
@@ -336,19 +337,22 @@ class PaceCallback(Callback):
         self.flush()  # the page shows exactly where the run stands
         if self._stepped:
             self._snapshot(ctx, force=True)
+        _update(self.store, [self.run_id], "holding = ?", (ctx.step,))  # and that it does stand there
         since = beat = time.monotonic()
         while True:
             time.sleep(WAIT_S)
             self.check_stop(ctx)
             if ctx.stop_reason:
+                _update(self.store, [self.run_id], "holding = NULL")
                 return True
             self._read(force=True)
             if not self.pace.paused or self._take_step():
+                _update(self.store, [self.run_id], "holding = NULL")
                 self._next_slot = 0.0
                 return True
             now = time.monotonic()
             if now - since >= self.yield_after:
-                return False
+                return False  # still holding at this step, with its worker given back
             if now - beat >= HEARTBEAT_S:
                 self.flush()  # refreshes the heartbeat: a paused run is not a dead one
                 beat = now

@@ -141,6 +141,7 @@ MIGRATIONS = [
         speed REAL NOT NULL DEFAULT 0,          -- steps per second, 0 = full speed
         budget INTEGER NOT NULL DEFAULT 0,      -- steps a paused run may still take (Step)
         to_epoch_end INTEGER NOT NULL DEFAULT 0,  -- 1: a paused run goes on to its epoch's end
+        holding INTEGER,                        -- the step after which its worker holds it (NULL: training)
         updated_at REAL NOT NULL
     );
     CREATE TABLE snapshots (

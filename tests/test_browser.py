@@ -26,9 +26,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 WAIT_MS = 90_000  # generous: the machine may be busy; no timing is asserted
 
-# JavaScript: point counts of the traces of every plotly chart on the page, in page order
+# JavaScript: the last x of each trace of the loss chart
 # (_fullData holds the decoded arrays: plotly ships NumPy arrays base64-encoded).
-PLOT_LAST_X = """() => [...document.querySelectorAll('.js-plotly-plot')].map(
+PLOT_LAST_X = """() => [...document.querySelectorAll('.st-key-train_fig_loss .js-plotly-plot')].map(
     d => (d._fullData || []).map(t => (t.x && t.x.length ? Number(t.x[t.x.length - 1]) : 0)))"""
 TRACE_TYPES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(d => (d._fullData || []).map(t => t.type))"""
 PROGRESS = "() => [...document.querySelectorAll('[data-testid=stProgress]')].map(e => e.innerText).join(' ')"

@@ -26,6 +26,12 @@ def _step(page) -> int | None:
     return int(match.group(1).replace(",", "")) if match else None
 
 
+def _paused_at(page) -> int | None:
+    """The step after which the run's worker holds it, as the panel says (None: not held)."""
+    match = re.search(r"Paused after step ([\d,]+)", page.locator(".st-key-lecture_pace_line").inner_text())
+    return int(match.group(1).replace(",", "")) if match else None
+
+
 def _steady_step(page, seconds: float = 2.5) -> int:
     """The counter once it has stayed the same for `seconds` (the page refreshes every second)."""
     def steady():
@@ -54,11 +60,14 @@ def test_pause_step_play_on_moons_and_the_network_picture(server, page):
     _wait_for(page, lambda: (_step(page) or 0) > 2, "the run to take steps")
 
     _click(page, "lecture_pause")
-    paused = _steady_step(page)
+    paused = _wait_for(page, lambda: _paused_at(page), "the worker to hold the run")
+    _wait_for(page, lambda: _step(page) == paused, f"the counter at step {paused}")
 
     _click(page, "lecture_step")
-    _wait_for(page, lambda: _step(page) == paused + 1, f"step {paused + 1}")
-    assert _steady_step(page) == paused + 1  # exactly one batch, then paused again
+    _wait_for(page, lambda: _paused_at(page) == paused + 1, f"the run held after step {paused + 1}")
+    assert _step(page) == paused + 1
+    page.wait_for_timeout(2500)
+    assert _paused_at(page) == _step(page) == paused + 1  # exactly one batch, then held again
 
     picture = _wait_for(page, lambda: (lambda n: n if n and f"step {paused + 1}" in n["title"] else None)(
         page.evaluate(NEURONS)), "the network picture of that step")

@@ -90,6 +90,7 @@ def test_pause_step_yield_and_play_end_as_an_uninterrupted_run(runner, monkeypat
         until(lambda: (pace.snapshot(store, run_id) or {}).get("step") == 1, 30, "the step-1 snapshot")
         time.sleep(0.6)
         assert pace.last_step(store, run_id) == 1  # exactly one
+        assert pace.get(store, run_id).holding == 1  # and its worker says where it holds it
         snap = pace.snapshot(store, run_id)
         assert [len(k) for k in snap["kept"][:2]] == [4, 4] and snap["kept"][2] is None
 
