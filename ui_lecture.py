@@ -85,7 +85,10 @@ def enforce(flags: lessons.Flags, apply_config, read_config) -> None:
     ones are styled out. Call after the page has put the link's config into its widgets."""
     locked = _ss().get("lecture_locked") or {}
     if locked:
-        current = read_config()
+        try:
+            current = read_config()
+        except (KeyError, TypeError, ValueError):  # widgets not set up yet: the locked values over the defaults
+            current = ui.full_config({})
         if any(current.get(f) != v for f, v in locked.items()):
             apply_config({**current, **locked})
     rules = []

@@ -218,21 +218,24 @@ def summary_figure(widths: Sequence[int], counts: Sequence[tuple[Sequence[int], 
         n = int(widths[layer + 1])
         name = f"hidden layer {layer + 1}" if layer + 2 < len(widths) else "output layer"
         k = keep[layer] if keep else None
-        labels.append(f"{name} ({n})")
+        labels.append(f"{name} ({n})" + (", dense" if entry is None else ""))
         edges = np.linspace(0, n, min(n, SUMMARY_BINS) + 1).round().astype(int)
         if entry is None or not entry[1]:
-            freq = np.ones(len(edges) - 1) if entry is None else np.zeros(len(edges) - 1)
+            freq = np.full(len(edges) - 1, np.nan if entry is None else 0.0)  # a dense layer is not drawn
         else:
             c = np.asarray(list(entry[0]) + [0] * (n - len(entry[0])), dtype=np.float64)[:n] / entry[1]
             freq = np.array([c[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
         rows.append(freq)
-        what = "every step (dense backward)" if entry is None else f"of {entry[1]:,} recorded steps"
-        hover.append([f"{name}, neurons {a}-{b - 1}: kept in {f:.0%} {what}" + (f"; k = {k} per step" if k else "")
-                      for a, b, f in zip(edges[:-1], edges[1:], freq)])
+        if entry is None:
+            hover.append(["every neuron gets gradient at every step (dense backward)"] * len(freq))
+        else:
+            hover.append([f"{name}, neurons {a}-{b - 1}: kept in {f:.0%} of {entry[1]:,} recorded steps"
+                          + (f"; k = {k} per step" if k else "") for a, b, f in zip(edges[:-1], edges[1:], freq)])
     cols = max((len(r) for r in rows), default=1)
-    z = [list(r) + [None] * (cols - len(r)) for r in rows]
+    z = [[None if np.isnan(v) else float(v) for v in r] + [None] * (cols - len(r)) for r in rows]
     text = [h + [""] * (cols - len(h)) for h in hover]
-    fig = go.Figure(data=[dict(type="heatmap", z=z, y=labels, text=text, hoverinfo="text", zmin=0, zmax=1,
+    top = max([v for r in z for v in r if v is not None] + [0.01])  # the colors span what was observed
+    fig = go.Figure(data=[dict(type="heatmap", z=z, y=labels, text=text, hoverinfo="text", zmin=0, zmax=top,
                                colorscale=[[0, "#ffffff"], [1, BACKWARD]], xgap=1, ygap=4,
                                colorbar=dict(title=dict(text="kept"), tickformat=".0%", len=0.8))],
                     layout=dict(template=TEMPLATE, height=max(220, 90 + 60 * len(rows)),

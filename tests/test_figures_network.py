@@ -84,7 +84,8 @@ def test_no_snapshot_says_so_and_a_big_network_gets_a_summary():
     fig = fn.summary_figure([784, 512, 512, 10], [([1] * 256 + [0] * 256, 2), ([0] * 512, 0), None], [52, 52, None])
     heat = fig.data[0]
     assert len(heat.z) == 3 and len(heat.z[0]) == fn.SUMMARY_BINS
-    assert heat.z[0][0] == 0.5 and heat.z[0][-1] == 0.0 and heat.z[2][9] == 1.0 and heat.z[2][10] is None
+    assert heat.z[0][0] == 0.5 and heat.z[0][-1] == 0.0 and heat.z[2][0] is None  # a dense layer is not drawn
+    assert heat.zmax == 0.5 and list(heat.y)[2] == "output layer (10), dense"
 
 
 def test_twins_overlays():
