@@ -410,8 +410,8 @@ def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None 
 
     run_id = run["id"]
     callback = StoreCallback(store, run_id, interrupt=interrupt)
-    pacer = pace.PaceCallback(store, run, callback._check_stop, lambda: callback.writer.flush())
     try:
+        pacer = pace.PaceCallback(store, run, callback._check_stop, lambda: callback.writer.flush())
         pace.prune_checkpoints(store)
         resume = pace.resume_point(store, run)  # a paused run that gave its worker back goes on
         store.add_event(run_id, "started", f"Started by worker pid {os.getpid()} on {HOST}." if resume is None else

@@ -235,9 +235,13 @@ def resume_point(store: Store, run: dict) -> dict | None:
 
 
 def prune_checkpoints(store: Store) -> None:
-    """Delete checkpoint files of runs that are no longer queued or running."""
+    """Delete checkpoint files of runs that are no longer queued or running (a file that cannot
+    be deleted now is left for the next time)."""
     live = {r["id"] for r in store.list_runs(status=["queued", "running"])}
-    checkpoint.prune(store.path, keep=live)
+    try:
+        checkpoint.prune(store.path, keep=live)
+    except OSError:
+        pass
 
 
 class PaceCallback(Callback):

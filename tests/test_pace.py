@@ -287,3 +287,11 @@ def test_quantize_round_trips_within_a_step():
     values = torch.linspace(-3, 1, 256)
     back = dequantize(quantize(values), 16).reshape(-1)
     assert abs(back - values.numpy()).max() <= 3 / 127.5 and quantize(torch.zeros(4))["scale"] == 0
+
+
+def test_a_bad_yield_limit_fails_the_run_with_its_sentence_and_the_worker_goes_on(runner, monkeypatch):
+    monkeypatch.setenv(pace.YIELD_VARIABLE, "soon")
+    store = runner.store
+    (run_id,) = pace.submit(runner, [CONFIG], owner="ana")
+    assert execute(store, store.claim_next(os.getpid(), HOST)) == "failed"
+    assert store.get_run(run_id)["error"].startswith("ASYMVIZ_PAUSE_YIELD_S must be a number of seconds")
