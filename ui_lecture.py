@@ -43,7 +43,6 @@ KEYS = {
                  "train_split_seed"],
     "pace": ["lecture_speed"], "twins": ["lecture_twins", "lecture_twins_p"],
 }
-assert set(KEYS) == set(lessons.CONTROLS)
 
 
 def _ss():
@@ -216,9 +215,10 @@ def _points(name: str, options_json: str, split_seed: int):
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _figures(run_id: int, step: int, version: float, points_key: tuple | None):
-    """(network figure, live boundary figure or None) of a run's snapshot at `step`; cached, so
-    a class watching one run builds each picture once."""
+def _figures(run_id: int, step: int, heartbeat: float, points_key: tuple | None):
+    """(network figure, live boundary figure or None) of a run's snapshot at `step` (heartbeat:
+    the run's, so a snapshot rewritten at the same step is read again); cached, so a class
+    watching one run builds each picture once."""
     snap = pace.snapshot(ui_common.store(), run_id)
     network = figures_network.network_figure(snap)
     boundary = None
@@ -253,7 +253,7 @@ def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
 
 def run_panel(run: dict, owner: str) -> None:
     """Pace controls and the network as it learns, above the Train page's live view;
-    refreshed while the run (or a twin) is live."""
+    refreshed while the run is live (the controls act on its live twins too)."""
     live = run["status"] in ui.LIVE
     if live:
         st.fragment(_panel, run_every=ui_common.refresh_seconds())(run["id"], owner)

@@ -101,6 +101,12 @@ def test_a_plain_link_of_another_configuration_ends_a_lessons_locks(page):
     assert at.selectbox(key="train_strategy").value == "neuron"
 
 
+def test_every_control_a_link_names_has_its_widgets():
+    import ui_lecture
+
+    assert set(ui_lecture.KEYS) == set(lessons.CONTROLS)
+
+
 def test_every_lesson_part_is_a_valid_link(page):
     for slug, lesson in lessons.LESSONS.items():
         for part in range(1, len(lesson.parts) + 1):
