@@ -157,7 +157,7 @@ def test_digits_run_trains_live_stops_and_shows_up_stopped(server, page):
 
 
 def test_moons_run_draws_a_decision_boundary(server, page):
-    page.goto(server + "/Train?dataset=moons&hidden=32,32&epochs=30&batch_size=32&lr=0.01&sparsity=0.5")
+    page.goto(server + "/Train?dataset=moons&hidden=32,32&epochs=30&batch_size=32&lr=0.01&sparsity=0.5&pace=0")  # full speed
     page.get_by_role("button", name="Start").click()
     page.get_by_text("Decision boundary after epoch").wait_for()
     _wait_for(page, lambda: any("image" in types for types in page.evaluate(TRACE_TYPES)), "the boundary image")
