@@ -12,11 +12,13 @@ def main() -> None:
     import streamlit as st
 
     import ui_common
+    import ui_lecture
     from asymviz import figures, ui
 
     ui_common.setup("Home", ":material/neurology:")
     owner = ui_common.owner()
     ui_common.runner()  # start the worker pool now, so it has booted by the time someone presses "Try it"
+    ui_lecture.start_page()  # the lesson an instructor pinned as start page, once per session
 
     st.title("asymviz: train a network with a sparse backward pass")
     st.markdown(
@@ -40,16 +42,19 @@ def main() -> None:
                             icon=":material/play_arrow:", use_container_width=True, disabled=owner is None)
     with right:
         st.caption("Starts a small run (2 hidden layers of 32 neurons, backward keeps half of them, 40 epochs) "
-                   "on a 2-D toy dataset and takes you to its live view, where the decision boundary forms."
+                   "on a 2-D toy dataset at 20 steps a second and takes you to its live view, where the decision "
+                   "boundary forms; Pause and Step it there."
                    + (" " + ui_common.sign_in_hint("start it") if owner is None else ""))
     if clicked and owner is not None:
         try:
-            run_id = ui_common.submit(dict(ui.TRY_IT_CONFIG), owner=owner)
+            run_id = ui_lecture.try_it(owner)  # at 20 steps per second: slow enough to watch
         except Exception as err:  # a limit, a full queue: one sentence, nothing launched
             ui_common.error(err)
         else:
             config = ui.full_config(ui.TRY_IT_CONFIG)
             st.switch_page("pages/1_Train.py", query_params={**ui.config_to_query(config), ui.RUN_PARAM: str(run_id)})
+
+    ui_lecture.home_lessons()
 
     st.subheader("What you can do here")
     a, b, c = st.columns(3)

@@ -40,8 +40,9 @@ SERIES_COLORS = CLASS_COLORS
 # template (several KB) would travel with every live refresh. Pass a figure through
 # `fig.update_layout(template="plotly_white")` to style it for use outside the dashboard.
 TEMPLATE = "none"
-_LAYOUT = dict(template=TEMPLATE, margin=dict(l=50, r=20, t=50, b=45), height=320,
-               legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+# The legend sits left, between the title and the plot: the plotly toolbar takes the top right corner.
+_LAYOUT = dict(template=TEMPLATE, margin=dict(l=50, r=20, t=72, b=45), height=320,
+               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0),
                hovermode="x unified")
 
 
@@ -54,7 +55,7 @@ class _Spec:
         self.data: list[dict] = []
         self.shapes: list[dict] = []
         self.annotations: list[dict] = []
-        self.layout = {**_LAYOUT, "title": dict(text=title, x=0.0, font=dict(size=15)),
+        self.layout = {**_LAYOUT, "title": dict(text=title, x=0.0, y=0.975, yanchor="top", font=dict(size=15)),
                        "xaxis": {"title": {"text": x_title}} if x_title else {},
                        "yaxis": {"title": {"text": y_title}} if y_title else {}, **layout}
 

@@ -19,12 +19,13 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 COLORS = {"symmetric": "#64748b", "dropout": "#0f172a", "neuron": "#2563eb", "excessive": "#f97316",
-          "refined": "#16a34a"}
+          "refined": "#16a34a", "random": "#9333ea"}
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 METRIC_TITLES = {"test_acc": "test accuracy", "gap": "train - test gap of the tested model",
                  "test_loss": "test loss", "selection_metric": "validation accuracy", "backward_ms": "backward ms"}
+# The legend stands right of the plots, below the top margin where the plotly toolbar appears.
 _LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=70, b=45), height=380,
-               legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="right", x=1.0))
+               legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
 
 
 def _color(strategy: str) -> str:

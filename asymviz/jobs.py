@@ -29,6 +29,10 @@ would take over 3 % of a fast run's time), stored as the artifact kind GRID_KIND
 values each), "cls" (res x res class indices, rows follow y), "conf" (res x res max
 probability, 3 decimals)}. Training points are not stored: the figure reloads the dataset.
 
+Next to it a `PaceCallback` (asymviz.pace) keeps the run's lecture pace: its speed, Pause and
+Step, giving the worker back (with a checkpoint) when a run stays paused, and for small networks
+the latest network snapshot.
+
 Stop is cooperative (a worker looks at most every 0.2 s) with a hard kill after a grace period.
 Crash safety: a dead worker's run ends `interrupted` with its metrics kept (the pool's
 supervisor, or `Store.reconcile` at the next start); a run whose code raises ends `failed`
@@ -46,6 +50,7 @@ Environment:
   ASYMVIZ_STALE_AFTER         a running run without heartbeat this long is interrupted (120)
   ASYMVIZ_STOP_CHECK_S        how often a worker checks for a stop request (0.2)
   ASYMVIZ_WORKER_THREADS      torch threads per worker (default: cores / workers)
+  ASYMVIZ_PAUSE_YIELD_S       a paused run gives its worker back after this many seconds (60)
   ASYMVIZ_MAX_PARAMS, ASYMVIZ_MAX_EPOCHS, ASYMVIZ_MAX_RUNS_PER_OWNER, ASYMVIZ_MAX_QUEUE
                               limits of a shared instance (see Limits; 0 = no limit)
 """
@@ -309,6 +314,10 @@ class StoreCallback(Callback):
 
     def on_fit_end(self, ctx: FitContext, result: dict) -> None:
         self._set_recording(ctx, False)
+        if result["status"] == "yielded":  # paused for long: asymviz.pace puts it back in the queue
+            self.writer.close()
+            self.final_status = "yielded"
+            return
         if result["epochs"] > self._last_grid_epoch and result["status"] != "diverged":
             self._write_grid(ctx, result["epochs"])  # stopped mid-way: the final model's
         self.writer.close()
@@ -457,12 +466,24 @@ def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None 
     it was deleted meanwhile). Errors end the run `failed` with one sentence; none escape but a
     StoreError that kept even that end from being written (`work` writes it later).
     store: a Store, or on a Ray node the sink's stand-in (asymviz.executors.SinkStore)."""
+    from asymviz import pace  # (it imports this module)
+
     run_id = run["id"]
     callback = StoreCallback(store, run_id, interrupt=interrupt, check_every=check_every)
     try:
-        store.add_event(run_id, "started", f"Started by worker pid {os.getpid()} on {HOST}.")
-        fit(TrainConfig.from_dict(run["config"]), [callback])
+        callbacks, resume = [callback], None
+        if isinstance(store, Store):  # pace (pause, step, yield) is the local pool's; a Ray run trains at full speed
+            callbacks.append(pace.PaceCallback(store, run, callback._check_stop, lambda: callback.writer.flush()))
+            pace.prune_checkpoints(store)
+            resume = pace.resume_point(store, run)  # a paused run that gave its worker back goes on
+        store.add_event(run_id, "started", f"Started by worker pid {os.getpid()} on {HOST}." if resume is None else
+                        f"Resumed at step {resume['step']} by worker pid {os.getpid()} on {HOST}.")
+        fit(TrainConfig.from_dict(run["config"]), callbacks, resume=resume)
         return callback.final_status or "finished"
+    except pace.Held:  # released, but paused again before its first step: back to the queue
+        callback.close()
+        pace.requeue(store, run_id)
+        return "held"
     except RunNotFound:
         return "deleted"
     except Exception as exc:  # the worker survives whatever the run's code raises
@@ -810,8 +831,10 @@ class Runner:
 
     # -- runs -------------------------------------------------------------------------
 
-    def submit(self, config: TrainConfig | dict, owner: str = "cli", tag: str | None = None) -> int:
-        """Validate (ConfigError), check the limits (LimitExceeded) and queue; the run id."""
+    def submit(self, config: TrainConfig | dict, owner: str = "cli", tag: str | None = None,
+               held: bool = False) -> int:
+        """Validate (ConfigError), check the limits (LimitExceeded) and queue; the run id.
+        held: no worker takes it until it is released (asymviz.pace.release)."""
         if isinstance(config, dict):
             config = TrainConfig.from_dict(config)
         elif not isinstance(config, TrainConfig):
@@ -824,7 +847,7 @@ class Runner:
         self.limits.check_config(config)
         # Counting and inserting in one write transaction: concurrent submitters, in this
         # process or others (the dashboard, the CLI), cannot both pass a queue limit.
-        run_id = self.store.create_run(config.to_dict(), owner=owner, tag=tag,
+        run_id = self.store.create_run(config.to_dict(), owner=owner, tag=tag, held=held,
                                        admit=lambda active, mine: self.limits.admit(active, mine, owner))
         self.store.add_event(run_id, "queued", f"Queued by {owner}.")
         return run_id

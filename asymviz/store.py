@@ -24,7 +24,9 @@ file locked waits (`busy_timeout`) and then retries with backoff, so "database i
 not reach callers (after about a minute of contention it becomes a `StoreError`).
 
 A run moves `queued -> running -> finished | stopped | failed | diverged | interrupted`;
-`reconcile()` marks runs whose worker died `interrupted` and keeps their metrics.
+`reconcile()` marks runs whose worker died `interrupted` and keeps their metrics. A queued run
+may be `held` (no worker takes it); a paused run that gave its worker back goes from `running`
+to queued and held, with a checkpoint to resume from (asymviz.pace).
 
 One `Store` is safe to share between threads (one connection behind a lock). Across processes,
 open one `Store` per process; a `Store` carried into a forked child reconnects there.
@@ -178,6 +180,30 @@ MIGRATIONS = [
         WHERE run_id IS NULL AND kind = 'experiment' AND json_valid(message)
           AND json_extract(message, '$.id') IS NOT NULL AND json_extract(message, '$.spec') IS NOT NULL
         ORDER BY id;
+    """,
+    # Lecture pace (asymviz.pace): held runs, each run's pace, its latest network snapshot, and
+    # the lab's settings (e.g. the lesson pinned as start page).
+    """
+    ALTER TABLE runs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;   -- 1: queued, but no worker takes it
+    CREATE TABLE pace (
+        run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+        paused INTEGER NOT NULL DEFAULT 0,      -- 1: no further step until Play or Step
+        speed REAL NOT NULL DEFAULT 0,          -- steps per second, 0 = full speed
+        budget INTEGER NOT NULL DEFAULT 0,      -- steps a paused run may still take (Step)
+        to_epoch_end INTEGER NOT NULL DEFAULT 0,  -- 1: a paused run goes on to its epoch's end
+        holding INTEGER,                        -- the step after which its worker holds it (NULL: training)
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE snapshots (
+        run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        epoch INTEGER,
+        data TEXT NOT NULL                      -- JSON, see asymviz.snapshot
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL                     -- JSON
+    );
     """,
 ]
 
@@ -445,12 +471,13 @@ class Store:
     # -- runs ---------------------------------------------------------------------------
 
     def create_run(self, config: dict, owner: str, tag: str | None = None,
-                   admit: Callable[[int, int], None] | None = None) -> int:
+                   admit: Callable[[int, int], None] | None = None, held: bool = False) -> int:
         """Queue a new run; return its id.
 
         admit(active, mine): called inside the write transaction with the queued + running runs
         of everyone and of owner (experiment cells not counted: an experiment is admitted as a
-        whole, see create_experiment_runs); an exception from it refuses the run (nothing is written)."""
+        whole, see create_experiment_runs); an exception from it refuses the run (nothing is written).
+        held: queued but taken by no worker until released (asymviz.pace.release)."""
         config_json = _config_json(config)
         with self._transaction() as db:
             if admit is not None:
@@ -461,10 +488,13 @@ class Store:
             cur = db.execute(
                 "INSERT INTO runs (created_at, owner, config, status, tag) VALUES (?, ?, ?, ?, ?)",
                 (time.time(), owner, config_json, "queued", tag))
+            if held:
+                db.execute("UPDATE runs SET held = 1 WHERE id = ?", (cur.lastrowid,))
             return cur.lastrowid
 
     def claim_next(self, worker_pid: int, worker_host: str) -> dict | None:
-        """Atomically take a queued run for this worker (now `running`); None if none.
+        """Atomically take a queued run that is not held for this worker (now `running`), fair
+        across owners; None if none.
 
         Fair across owners: the oldest queued run of the owner with the fewest running runs (ties:
         the oldest), so one person's queued experiment grid does not hold up everyone else's runs.
@@ -475,7 +505,8 @@ class Store:
                 """UPDATE runs SET status = 'running', started_at = ?, heartbeat_at = ?,
                                    worker_pid = ?, worker_host = ?
                    WHERE id = (SELECT q.id FROM (SELECT owner, min(id) AS id FROM runs
-                                                 WHERE status = 'queued' GROUP BY owner) q
+                                                 WHERE status = 'queued' AND held = 0
+                                                 GROUP BY owner) q
                                ORDER BY (SELECT count(*) FROM runs r
                                          WHERE r.status = 'running' AND r.owner = q.owner), q.id
                                LIMIT 1)

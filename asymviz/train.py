@@ -31,6 +31,7 @@ from asymviz.strategies import GRANULARITIES, SELECTIONS, check_choice, get_stra
 
 DEVICES = ("auto", "cpu", "cuda")
 WARMUP_STEPS = 5  # excluded from the mean step timings (first steps pay allocation costs)
+YIELD = "yield"  # the stop reason of a run that pauses itself with a checkpoint (FitContext.request_yield)
 
 
 class JSONConfig:
@@ -186,6 +187,11 @@ class FitContext:
         """Finish the current step, then end the run with status `stopped`."""
         self.stop_reason = reason
 
+    def request_yield(self) -> None:
+        """Finish the current step (and its epoch's end, if it was the epoch's last), then end
+        `fit` with status `yielded` and a `checkpoint` that `fit(..., resume=...)` goes on from."""
+        self.stop_reason = YIELD
+
 
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2}  # tensors of parameter size an optimizer keeps
 
@@ -286,7 +292,7 @@ def _mean(values: list[float]) -> float | None:
 
 
 def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
-        local_files: bool = False) -> dict:
+        local_files: bool = False, resume: dict | None = None) -> dict:
     """Train one run and return its summary (a JSON-able dict with `status`).
 
     data: an already loaded Dataset (else the config's dataset is loaded). local_files: whether
@@ -296,7 +302,11 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
     Status is `finished`, `stopped` (a callback asked) or `diverged` (NaN/inf loss: the run ends
     with the metrics so far; no exception escapes). Bad configs raise ConfigError before training,
     and so does a model too large for the memory free (`check_memory`).
+    A callback's `ctx.request_yield()` ends it `yielded` with `result["checkpoint"]`; `resume=`
+    that checkpoint (asymviz.checkpoint) goes on from there and ends exactly as an uninterrupted
+    run of the same config would (same weights, same metrics; timings aside).
     """
+    from asymviz import checkpoint
     from asymviz import data as datasets  # imported here: data pulls in scikit-learn
 
     config = config.validated()
@@ -320,17 +330,23 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
         sync()
         return time.perf_counter()
 
-    for cb in callbacks:
-        cb.on_fit_start(ctx)
     times = {"forward": [], "backward": [], "optimizer": [], "step": []}
     status, last_epoch = "finished", {}
     best = {"val_acc": -1.0, "epoch": 0, "state": None, "record": {}}
+    start = {"epoch": 1, "index": 0, "order": None, "epoch_seconds": 0.0}
+    if resume is not None:
+        start = checkpoint.restore(resume, ctx, optimizer, shuffle)
+        times, best, last_epoch = start["times"], start["best"], start["last_epoch"]
+    saved = None  # the checkpoint of a yield
+    for cb in callbacks:
+        cb.on_fit_start(ctx)
     model.train()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(start["epoch"], config.epochs + 1):
         ctx.epoch = epoch
-        t_epoch = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle).to(device)
-        for i in range(steps_per_epoch):
+        t_epoch = time.perf_counter() - start["epoch_seconds"]
+        order = start["order"] if start["order"] is not None else torch.randperm(n, generator=shuffle).to(device)
+        first, start = start["index"], {"epoch": 0, "index": 0, "order": None, "epoch_seconds": 0.0}
+        for i in range(first, steps_per_epoch):
             batch = order[i * config.batch_size : (i + 1) * config.batch_size]
             xb, yb = x_train.index_select(0, batch), y_train.index_select(0, batch)
             out, loss, (t_fwd, t_bwd, t_opt) = timed_step(model, optimizer, xb, yb, now)
@@ -357,6 +373,10 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
             break
         if ctx.stop_reason and i < steps_per_epoch - 1:
             status = "stopped"
+            if ctx.stop_reason == YIELD:
+                status = "yielded"
+                saved = checkpoint.capture(ctx, optimizer, shuffle, epoch, i + 1, order, times, best,
+                                           last_epoch, time.perf_counter() - t_epoch)
             break
         train_loss, train_acc = evaluate(model, x_train, y_train)
         val_loss, val_acc = evaluate(model, x_val, y_val)
@@ -374,11 +394,26 @@ def fit(config: TrainConfig, callbacks: list[Callback] | tuple = (), data=None,
         if val_acc > best["val_acc"]:
             best = {"val_acc": val_acc, "epoch": epoch, "record": last_epoch,
                     "state": copy.deepcopy(model.state_dict()) if config.patience else None}
+        patience_over = bool(config.patience and epoch - best["epoch"] >= config.patience)
+        if ctx.stop_reason == YIELD and (patience_over or epoch == config.epochs):
+            ctx.stop_reason = None  # the run ends here anyway: nothing to go on with
+        if ctx.stop_reason == YIELD:
+            status = "yielded"
+            saved = checkpoint.capture(ctx, optimizer, shuffle, epoch + 1, 0, None, times, best,
+                                       last_epoch, 0.0)
+            break
         if ctx.stop_reason:
             status = "stopped"
             break
-        if config.patience and epoch - best["epoch"] >= config.patience:
+        if patience_over:
             break
+
+    if status == "yielded":
+        result = {"status": status, "stop_reason": YIELD, "epochs": last_epoch.get("epoch", 0),
+                  "steps": ctx.step, "checkpoint": saved, "config": config.to_dict()}
+        for cb in callbacks:
+            cb.on_fit_end(ctx, result)
+        return result
 
     if config.patience and best["state"] is not None and status != "diverged":
         model.load_state_dict(best["state"])  # report the best checkpoint (early stopping)

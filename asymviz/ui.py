@@ -238,6 +238,8 @@ def status_line(run: Mapping[str, Any], now: float) -> str:
     """One line about where a run stands."""
     status = run.get("status", "?")
     if status == "queued":
+        if run.get("held"):  # a paused run that gave its worker back (asymviz.pace)
+            return "Paused: its worker was given back to other runs; it goes on from where it was on Play or Step."
         return "Queued: waiting for a free worker."
     if status == "running":
         eta = eta_seconds(run, now)

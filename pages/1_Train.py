@@ -13,6 +13,7 @@ import streamlit as st
 import torch
 
 import ui_common
+import ui_lecture
 from asymviz import figures, ui
 from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
@@ -159,6 +160,7 @@ def strategy_changed() -> None:
 
 # --------------------------------------------------------------------------- sync with the URL
 
+lecture = ui_lecture.arrive()  # a lesson link, and a link's hide / lock / pace / twins flags
 params = st.query_params.to_dict()
 if params != ss.get("train_synced_params"):  # a link, or arriving from another page
     url_config, problems = ui.config_from_query(params)
@@ -183,6 +185,7 @@ else:  # re-assert the widgets' values: widget state does not survive a visit to
     apply_config(current)
 for i in range(MAX_LAYERS):  # widths of layers not shown keep a value for when they are added
     ss.setdefault(f"train_width_{i}", ss.get(f"train_width_{i - 1}", 256) if i else 256)
+ui_lecture.enforce(lecture, apply_config, read_config)  # locked controls keep the link's values
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -348,6 +351,7 @@ with sb.expander("Advanced"):
     st.number_input("Early-stopping patience (epochs, 0 = off)", 0, 100000, step=1, key="train_patience")
     st.number_input("Split seed", 0, 2**31 - 1, step=1, key="train_split_seed",
                     help="Which examples go to train, validation and test.")
+ui_lecture.sidebar(lecture, info)
 
 config = read_config()
 _, problem = ui.validate(config)
@@ -357,6 +361,7 @@ ss["train_config"] = config
 
 # the URL follows the widgets: a link reproduces this configuration
 new_params = ui.config_to_query(config)
+new_params.update(ui_lecture.query(lecture))
 if ss.get("train_selected"):
     new_params[ui.RUN_PARAM] = str(ss["train_selected"])
 
@@ -376,6 +381,7 @@ st.caption("Forward pass dense, backward pass sparse: pick a configuration on th
            "The address bar always holds the configuration, seed included, so a link reproduces a run.")
 for sentence in ss.pop("train_url_problems", []) or []:
     st.warning(sentence, icon=":material/link_off:")
+ui_lecture.banner(lecture)
 
 store = ui_common.store()
 b1, b2, b3 = st.columns([1, 1, 4], vertical_alignment="center")
@@ -394,7 +400,7 @@ if start and not errors and owner is not None:
             from asymviz.data import load_dataset
             with st.spinner(f"Downloading {info.title} (once) ..."):
                 load_dataset(config["dataset"], config["dataset_options"], split_seed=config["split_seed"])
-        run_id = ui_common.submit(dict(config), owner=owner)
+        run_id = ui_lecture.start(dict(config), owner=owner)  # at the sidebar's pace, with twins if asked
     except Exception as err:
         from asymviz.errors import DataError
         ui_common.error(err, data_slot if isinstance(err, DataError) else None)
@@ -553,8 +559,10 @@ def live_view(run_id: int, was_live: bool) -> None:
                    f"{n_records} recorded so far. The dashed line is what choosing k neurons at random would give.")
 
 
+ui_lecture.run_panel(run, owner)  # Play / Pause / Step / Reset and the network as it learns
 live = run["status"] in ui.LIVE
 if live:
     st.fragment(live_view, run_every=ui_common.refresh_seconds())(run["id"], True)
 else:
     live_view(run["id"], False)
+ui_lecture.twins_panel(run)  # the run and its symmetric and dropout twins, overlaid

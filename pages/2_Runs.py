@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
+import ui_lecture
 from asymviz import figures, ui
 from asymviz.store import STATUSES
 from asymviz.strategies import STRATEGIES
@@ -85,6 +86,7 @@ if live_ids:
     st.fragment(watch_live, run_every=max(2.0, ui_common.refresh_seconds()))(live_ids)
     st.caption(f"{len(live_ids)} run(s) training: the table updates when one starts or ends.")
 
+ui_lecture.runs_twins(runs)  # a group of twins, opened together on the Train page
 if not selected:
     st.info("Select one or more runs in the table (the boxes on the left) to compare, export, stop or delete them.",
             icon=":material/check_box:")

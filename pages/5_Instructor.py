@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
+import ui_lecture
 from asymviz import lab, owners, ui
 from asymviz.owners import ADMIN
 from asymviz.store import TERMINAL
@@ -103,6 +104,7 @@ def live_view() -> None:
 
 
 live_view()
+ui_lecture.instructor_lessons()  # the lessons, and the one the lab opens on
 
 # ------------------------------------------------------------------------------------ names and PINs
 

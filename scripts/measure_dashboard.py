@@ -39,7 +39,7 @@ OWNER, PIN = f"measure-{secrets.token_hex(3)}", secrets.token_hex(4)  # a fresh 
 WAIT_FIRST_POINT = """async (timeout) => {
     const start = performance.now();
     while (performance.now() - start < timeout) {
-        const d = document.querySelector('.js-plotly-plot');  // the loss chart; _fullData: decoded arrays
+        const d = document.querySelector('.st-key-train_fig_loss .js-plotly-plot');  // the loss chart; _fullData: decoded arrays
         const t = d && d._fullData && d._fullData[0];
         if (t && t.x && t.x.length > 0) return performance.now();
         await new Promise(r => setTimeout(r, 10));
@@ -52,7 +52,7 @@ WATCH = """async (ms) => {
     try { obs.observe({entryTypes: ['longtask']}); } catch (e) {}
     const start = performance.now();
     while (performance.now() - start < ms) {
-        const d = document.querySelector('.js-plotly-plot');
+        const d = document.querySelector('.st-key-train_fig_loss .js-plotly-plot');
         const t = d && d._fullData && d._fullData[0];
         const n = t && t.x && t.x.length ? t.x[t.x.length - 1] : null;
         if (n !== last) { seen.push(performance.now()); last = n; }

@@ -26,9 +26,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 WAIT_MS = 90_000  # generous: the machine may be busy; no timing is asserted
 
-# JavaScript: point counts of the traces of every plotly chart on the page, in page order
+# JavaScript: the last x of each trace of the loss chart
 # (_fullData holds the decoded arrays: plotly ships NumPy arrays base64-encoded).
-PLOT_LAST_X = """() => [...document.querySelectorAll('.js-plotly-plot')].map(
+PLOT_LAST_X = """() => [...document.querySelectorAll('.st-key-train_fig_loss .js-plotly-plot')].map(
     d => (d._fullData || []).map(t => (t.x && t.x.length ? Number(t.x[t.x.length - 1]) : 0)))"""
 TRACE_TYPES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(d => (d._fullData || []).map(t => t.type))"""
 PROGRESS = "() => [...document.querySelectorAll('[data-testid=stProgress]')].map(e => e.innerText).join(' ')"
@@ -166,7 +166,7 @@ def test_digits_run_trains_live_stops_and_shows_up_stopped(server, page):
 
 
 def test_moons_run_draws_a_decision_boundary(server, page):
-    page.goto(server + "/Train?dataset=moons&hidden=32,32&epochs=30&batch_size=32&lr=0.01&sparsity=0.5")
+    page.goto(server + "/Train?dataset=moons&hidden=32,32&epochs=30&batch_size=32&lr=0.01&sparsity=0.5&pace=0")  # full speed
     _sign_in(page)  # a new tab: the PIN again
     page.get_by_role("button", name="Start").click()
     page.get_by_text("Decision boundary after epoch").wait_for()

@@ -379,7 +379,7 @@ def test_a_run_whose_code_raises_ends_failed_with_its_sentence(store, monkeypatc
     assert not row["error"].startswith("DataError")  # an AsymvizError is its own sentence
 
     real_fit = jobs.fit
-    monkeypatch.setattr(jobs, "fit", lambda config, callbacks: real_fit(config, [*callbacks, Boom()]))
+    monkeypatch.setattr(jobs, "fit", lambda config, callbacks, **kw: real_fit(config, [*callbacks, Boom()], **kw))
     crash = claimed(store, TrainConfig(**QUICK).validated().to_dict())
     assert jobs.execute(store, crash) == "failed"
     row = store.get_run(crash["id"])
@@ -397,7 +397,7 @@ def test_a_run_deleted_while_training_just_ends(store, monkeypatch):
                 store.delete_run(run["id"], force=True)
 
     real_fit = jobs.fit
-    monkeypatch.setattr(jobs, "fit", lambda config, callbacks: real_fit(config, [Deleter(), *callbacks]))
+    monkeypatch.setattr(jobs, "fit", lambda config, callbacks, **kw: real_fit(config, [Deleter(), *callbacks], **kw))
     assert jobs.execute(store, run) == "deleted"
     assert store.list_runs() == []
 
