@@ -113,11 +113,88 @@ def submit(config: dict, owner: str) -> int:
 
 
 def refresh_seconds() -> float:
-    """How often live views poll the store: $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
+    """How often live views poll the store: the interval the instructor set for the lab
+    (Instructor page), else $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
+    chosen = _lab_refresh()
+    if chosen is not None:
+        return chosen
     try:
         return max(0.2, float(os.environ.get("ASYMVIZ_REFRESH_S", "1.0")))
     except ValueError:
         return 1.0
+
+
+_LAB_REFRESH = {"read_at": -1e9, "value": None}
+
+
+def _lab_refresh() -> float | None:
+    """The instructor's lab-wide interval, read from $ASYMVIZ_HOME at most every 2 s."""
+    from asymviz import live
+    now = time.monotonic()
+    if now - _LAB_REFRESH["read_at"] >= 2.0:
+        _LAB_REFRESH.update(read_at=now, value=live.read_refresh(home_folder()))
+    return _LAB_REFRESH["value"]
+
+
+def set_lab_refresh(seconds: float) -> None:
+    """Set the lab-wide refresh interval (ValueError outside asymviz.live.REFRESH_RANGE); every
+    live view follows within a few seconds."""
+    from asymviz import live
+    live.write_refresh(home_folder(), seconds)
+    _LAB_REFRESH["read_at"] = -1e9
+
+
+# ---------------------------------------------------------------------------- live views
+
+@st.cache_resource
+def _live_runs(path: str):
+    from asymviz.live import LiveRuns
+    return LiveRuns()
+
+
+def live_run(run_id: int):
+    """The run's asymviz.live.LiveRun (of $ASYMVIZ_HOME's store), shared by every session."""
+    from asymviz.store import default_path
+    return _live_runs(str(default_path())).get(int(run_id))
+
+
+FAST_CHARTS = True  # False: live charts go through st.plotly_chart (validated again, ~10x the CPU)
+
+
+def chart(where, chart, key: str) -> None:
+    """Show an asymviz.live.Chart (plotly JSON built once for every session) in `where` (st or a
+    column). It sends the PlotlyChart element st.plotly_chart would send for the same figure,
+    with its defaults (theme, width, content height), without validating and serializing the
+    figure again for each session; tests/test_pages.py holds the two to the same element."""
+    if FAST_CHARTS:
+        try:
+            _enqueue_plotly_json(where, chart.json, chart.height, key)
+            return
+        except (ImportError, AttributeError, TypeError):  # Streamlit's internals moved: the plain path
+            pass
+    import json
+    where.plotly_chart(json.loads(chart.json), key=key)
+
+
+def _enqueue_plotly_json(dg, spec: str, height: int, key: str) -> None:
+    import json
+
+    from streamlit.elements.lib.form_utils import current_form_id
+    from streamlit.elements.lib.layout_utils import LayoutConfig
+    from streamlit.elements.lib.utils import compute_and_register_element_id
+    from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
+
+    dg = getattr(dg, "_main", dg) if dg is st else dg
+    proto = PlotlyChart()
+    proto.theme = "streamlit"
+    proto.form_id = current_form_id(dg)
+    proto.spec = spec
+    proto.config = json.dumps({})
+    proto.id = compute_and_register_element_id(
+        "plotly_chart", user_key=key, key_as_main_identity=False, dg=dg, plotly_spec=proto.spec,
+        plotly_config=proto.config, selection_mode=("points", "box", "lasso"), is_selection_activated=False,
+        theme="streamlit", width="stretch", height="content", alt=None)
+    dg._enqueue("plotly_chart", proto, layout_config=LayoutConfig(width="stretch", height=height))
 
 
 @st.cache_resource(show_spinner="Starting the training workers ...")
