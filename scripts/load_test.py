@@ -1,7 +1,7 @@
 """Load test of the dashboard: many browser sessions watching live runs, each refresh timed.
 
     .venv/bin/python scripts/load_test.py --sessions 60 --seconds 120     # the README's table
-    .venv/bin/python scripts/load_test.py --sessions 10 --seconds 20 --scenarios own --json
+    .venv/bin/python scripts/load_test.py --sessions 10 --seconds 20 --scenarios own,same --json
 
 It starts the lab as a class gets it, `python -m asymviz serve` (the dashboard and a pool of
 --workers training processes) on 127.0.0.1 with a throw-away ASYMVIZ_HOME, and opens simulated
@@ -16,21 +16,25 @@ Scenarios (each prints one row):
   views   one session on a live digits run for each detail view (curves with the timing view,
           gradient masks) and on a live moons run (decision boundary); with Chromium available,
           one real tab on the curves too: a simulated session must cost the server the same CPU
-          per refresh as a real one.
-  own     every session watches its own run (submitted at the start; 2 workers work through
-          the queue, so most sessions first watch a queued run, then a running one, then an
-          ended one).
-  same    every session watches the same long run while the other worker trains another.
-Under `own` and `same`, a probe loads Home and Train in a fresh session every 2 s (page load:
-HTTP GET of the page, then the session's first run to its end).
+          per refresh as a real one; last, one session on the digits run once it has ended.
+  own     every session watches its own run, all submitted at once and sized so the queue
+          drains within the window: most sessions first watch a queued run, then a running one,
+          then an ended one; measured from the first session joining (the class joins over 10 s).
+  same    every session watches the same long run while the other workers train others;
+          measured once every session has loaded its page.
+Under `own` and `same`, a probe loads Home or Train in a fresh session every 2 s (page load: the
+page's HTML, then the session's first run to its last delta).
 
-Columns: sessions; refreshes served (fragment reruns that finished) and the fewest one session
-got; p50 / p95 / max refresh latency; the Streamlit server's CPU time (from /proc, all its
-threads) per session-second and per refresh, less its CPU with no session open; its RSS at the
-end (and the most seen); runs finished of runs submitted; training throughput (steps/s of all
-workers) against the same workers with no session open; page-load p95; errors (exceptions and
-error messages on a page, failed or refused connections, cache misses). Bounded in time (each
-phase) and count (at most 200 sessions); talks to 127.0.0.1 only.
+Columns: sessions; refreshes served (fragment reruns that finished) and the fewest updates (page
+runs and refreshes) one session got; refresh latency p50 / p95 / max; the longest a watching
+session went without an update; the Streamlit server's CPU time (from /proc, all its threads)
+per session-second and per refresh, less its CPU with no session open; its RSS before the
+sessions opened, at the end, and the most seen; runs finished of runs submitted (under `same`:
+trained through the window, then stopped by this script); training steps/s
+of all workers against the same runs with no session open; page-load p95 (and max); errors
+(exceptions and error messages on a page, dropped connections, message-cache misses, failed page
+loads, and tracebacks in the server's log). Bounded in time (each phase) and count (at most 200
+sessions); it talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -554,6 +556,10 @@ async def scenario_views(lab: Lab, args, per_worker: float, idle: float, rows: l
                 rows.append(("1 Chromium tab, curves view", tab))
     lab.stop_runs([digits, moons])
     lab.wait_ended([digits, moons], 60)
+    row = await watch(lab, [("Train", f"run={digits}", None)], t, [digits], idle)  # after its page: nothing
+    row.pop("steps_per_s")
+    row["longest_gap_s"] = None
+    rows.append(("1 session on an ended run", row))
 
 
 async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: list) -> None:
@@ -580,15 +586,18 @@ async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: lis
 async def scenario_same(lab: Lab, args, per_worker: float, idle: float, rows: list) -> None:
     """Every session watches one long run while the other workers train others."""
     n = args.sessions
-    epochs = epochs_for("digits", args.baseline_seconds + args.seconds + 25, per_worker)  # ends soon after
+    epochs = 10 * epochs_for("digits", args.baseline_seconds + args.seconds + 60, per_worker)  # outlasts the window
     runs = [lab.submit(DIGITS, epochs, "teacher") for _ in range(args.workers)]
     lab.wait_running(runs, 120)
     await asyncio.sleep(2)
     before, _ = await sampled_throughput(lab, runs, args.baseline_seconds)
     specs = [("Train", f"run={runs[0]}", None)] * n
     row = await watch(lab, specs, args.seconds, runs, idle, probe=True, spread=min(10.0, args.seconds / 4))
-    states = lab.wait_ended(runs, max(60.0, args.seconds))
-    row["runs"] = f"{sum(s == 'finished' for s in states.values())}/{len(runs)}"
+    training = sum(s == "running" for s in lab.statuses(runs).values())  # none failed or ended early
+    lab.stop_runs(runs)
+    states = lab.wait_ended(runs, 60)
+    row["runs"] = f"{training}/{len(runs)} trained throughout, then stopped" + \
+        ("" if all(s == "stopped" for s in states.values()) else f" ({', '.join(states.values())})")
     row["steps_per_s_alone"] = before
     row["throughput_pct"] = 100 * row["steps_per_s"] / before if before else None
     rows.append((f"{n} sessions, all on one run", row))
@@ -602,7 +611,7 @@ def fmt(value, spec: str = ".0f", unit: str = "") -> str:
 
 
 COLUMNS = ["scenario", "sessions", "refreshes (fewest updates)", "latency p50 / p95 / max", "longest gap",
-           "server CPU ms per session-s", "ms per refresh", "RSS MiB before / end (max)", "runs finished",
+           "server CPU ms per session-s", "ms per refresh", "RSS MiB before / end (max)", "runs",
            "steps/s (vs none)", "page load p95 (max)", "errors"]
 
 

@@ -1,6 +1,7 @@
 """scripts/load_test.py, short: ten simulated browser sessions speaking Streamlit's own protocol
 watch their own runs, then all watch one run, on a lab started as `python -m asymviz serve`.
-Every session keeps getting updates, every run finishes and nothing errors. Timings are the
+Every session keeps getting updates, every run finishes (or, watched by all, trains through
+the window) and nothing errors. Timings are the
 script's table to read (README, "How big a machine"), never asserted here."""
 
 import json
@@ -26,7 +27,8 @@ def test_ten_sessions_get_updates_and_nothing_errors():
     for row in watched:
         assert row["errors"] == 0, row["error_samples"]
         assert row["fewest_updates"] >= 2, row  # every session: its page, then updates
-        assert row["runs"].split("/")[0] == row["runs"].split("/")[1], row["runs"]  # every run finished
+        done, of = row["runs"].split()[0].split("/")
+        assert done == of and "(" not in row["runs"], row["runs"]  # every run finished, or trained throughout
         assert row["page_loads"] >= 5 and row["page_load_failed"] == 0
     same = next(row for name, row in rows.items() if "all on one run" in name)
     assert same["refreshes"] >= 10 * 5 and same["p95_s"] is not None  # fragment reruns, timed
