@@ -11,7 +11,9 @@ page renders nothing but the password form (or the login button) until the sessi
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import threading
 import time
 
 import streamlit as st
@@ -167,6 +169,21 @@ def set_lab_refresh(seconds: float) -> None:
 def _live_runs(path: str):
     from asymviz.live import LiveRuns
     return LiveRuns()
+
+
+_LIVE_SLOTS = threading.BoundedSemaphore(2)
+
+
+@contextlib.contextmanager
+def live_slot():
+    """Draw a live view while holding one of two slots. Every refresh of every session runs in
+    its own thread, and Python runs one thread at a time: a class of sessions refreshing at once
+    would have dozens of runnable threads taking turns, and the event loop that sends their
+    messages and starts new runs waits its turn behind all of them, so refreshes come later and
+    pile up further. Waiting threads take no turns: the server stays responsive when it is
+    behind, and sessions refresh later instead of all at once."""
+    with _LIVE_SLOTS:
+        yield
 
 
 def live_run(run_id: int):

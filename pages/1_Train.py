@@ -418,6 +418,11 @@ def live_view(run_id: int, shown: str | None = None, interval: float | None = No
     once per new data. As a fragment (run_every) while the run is live; `shown` is the status it
     was started for and `interval` its refresh: when either no longer fits, the page reruns once
     (a new timer, or none once the run has ended)."""
+    with ui_common.live_slot():  # a few sessions at a time (see there)
+        draw_run(run_id, shown, interval)
+
+
+def draw_run(run_id: int, shown: str | None, interval: float | None) -> None:
     watch = ui_common.live_run(run_id)
     try:
         view = watch.refresh(store, max_age=min(0.5, ui_common.refresh_seconds() / 2))

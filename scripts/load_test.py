@@ -30,11 +30,13 @@ runs and refreshes) one session got; refresh latency p50 / p95 / max; the longes
 session went without an update; the Streamlit server's CPU time (from /proc, all its threads)
 per session-second and per refresh, less its CPU with no session open; its RSS before the
 sessions opened, at the end, and the most seen; runs finished of runs submitted (under `same`:
-trained through the window, then stopped by this script); training steps/s
-of all workers against the same runs with no session open; page-load p95 (and max); errors
-(exceptions and error messages on a page, dropped connections, message-cache misses, failed page
-loads, and tracebacks in the server's log). Bounded in time (each phase) and count (at most 200
-sessions); it talks to 127.0.0.1 only.
+trained through the window, then stopped by this script); training steps/s of all workers, and
+against the same workers with no session watching (under `own`: the same runs trained before
+the class arrived; under `same`: after the window, the sessions pause and resume their
+refreshes in turns of --baseline-seconds, three each, so the two are measured side by side);
+page-load p95 (and max); errors (exceptions and error messages on a page, dropped connections,
+message-cache misses, failed page loads, and tracebacks in the server's log). Bounded in time
+(each phase) and count (at most 200 sessions); it talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import json
 import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,6 +203,7 @@ class Session:
         self.first_run = asyncio.Event()
         self.ws = None
         self.closed = False
+        self.paused = False  # a measuring device: the tab stays open but asks for nothing
 
     def _rerun(self, fragment_id: str = "", auto: bool = False):
         from streamlit.proto.BackMsg_pb2 import BackMsg
@@ -228,7 +232,8 @@ class Session:
     async def _timer(self, fragment_id: str, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.send_rerun(fragment_id, auto=True)
+            if not self.paused:
+                await self.send_rerun(fragment_id, auto=True)
 
     async def open(self) -> None:
         from websockets.asyncio.client import connect
@@ -373,18 +378,18 @@ async def page_load(url: str, page: str, query: str = "", timeout: float = 60.0)
     t0 = time.monotonic()
     loop = asyncio.get_running_loop()
     path = f"{url}/{page}" + (f"?{query}" if query else "")
-    await loop.run_in_executor(None, lambda: urllib.request.urlopen(path, timeout=timeout).read())
-    s = Session(url, page, query)
+    s, listener = Session(url, page, query), None
     try:
+        await loop.run_in_executor(None, lambda: urllib.request.urlopen(path, timeout=timeout).read())
         await s.open()
         listener = loop.create_task(s.listen())
-        await asyncio.wait_for(s.first_run.wait(), timeout)
+        await asyncio.wait_for(s.first_run.wait(), max(1.0, timeout - (time.monotonic() - t0)))
         return time.monotonic() - t0
-    except (asyncio.TimeoutError, OSError):
+    except (asyncio.TimeoutError, OSError):  # OSError: refused, reset, or the HTTP request timed out
         return None
     finally:
         await s.close()
-        if "listener" in locals():
+        if listener is not None:
             listener.cancel()
 
 
@@ -423,10 +428,13 @@ async def sampled_throughput(lab: Lab, run_ids, seconds: float) -> tuple[float, 
 
 
 async def watch(lab: Lab, specs, seconds: float, run_ids, idle_rate: float, probe: bool = False,
-                spread: float = 0.0, settled: bool = True) -> dict:
+                spread: float = 0.0, settled: bool = True, alternate: float = 0.0) -> dict:
     """Open one session per (page, query, view) spec, let them watch for `seconds`, and measure:
     once their first page runs are over (`settled`), or from before they open; with `probe`, load
-    Home or Train in a fresh session every 2 s meanwhile."""
+    Home or Train in a fresh session every 2 s meanwhile. With `alternate`, the sessions then
+    pause and resume their refreshes in turns of that many seconds, three times each, for the
+    workers' throughput with and without watchers, measured side by side on a machine whose
+    other load drifts."""
     rss_before = lab.rss()
     meter = Meter(lab, run_ids)
     if not settled:
@@ -453,8 +461,17 @@ async def watch(lab: Lab, specs, seconds: float, run_ids, idle_rate: float, prob
     m = meter.stop()
     sessions = await opening
     loads = [await task for _, task in probes]
-    await close_sessions(sessions)
     row = summarize(sessions, m, idle_rate, meter.t0)
+    if alternate:
+        rates = {True: [], False: []}
+        for watching in (False, True) * 3:
+            for s in sessions:
+                s.paused = not watching
+            await asyncio.sleep(2)  # the runs in flight finish
+            rates[watching].append((await sampled_throughput(lab, run_ids, alternate))[0])
+        row["steps_per_s"] = statistics.mean(rates[True])
+        row["steps_per_s_alone"] = statistics.mean(rates[False])
+    await close_sessions(sessions)
     row["rss_before_mb"] = rss_before
     if probe:
         ok = sorted(t for t in loads if t is not None)
@@ -586,20 +603,18 @@ async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: lis
 async def scenario_same(lab: Lab, args, per_worker: float, idle: float, rows: list) -> None:
     """Every session watches one long run while the other workers train others."""
     n = args.sessions
-    epochs = 10 * epochs_for("digits", args.baseline_seconds + args.seconds + 60, per_worker)  # outlasts the window
-    runs = [lab.submit(DIGITS, epochs, "teacher") for _ in range(args.workers)]
+    outlast = args.seconds + 6 * args.baseline_seconds + 60  # outlasts the window and the turns after it
+    runs = [lab.submit(DIGITS, 10 * epochs_for("digits", outlast, per_worker), "teacher") for _ in range(args.workers)]
     lab.wait_running(runs, 120)
-    await asyncio.sleep(2)
-    before, _ = await sampled_throughput(lab, runs, args.baseline_seconds)
     specs = [("Train", f"run={runs[0]}", None)] * n
-    row = await watch(lab, specs, args.seconds, runs, idle, probe=True, spread=min(10.0, args.seconds / 4))
+    row = await watch(lab, specs, args.seconds, runs, idle, probe=True, spread=min(10.0, args.seconds / 4),
+                      alternate=args.baseline_seconds)
     training = sum(s == "running" for s in lab.statuses(runs).values())  # none failed or ended early
     lab.stop_runs(runs)
     states = lab.wait_ended(runs, 60)
     row["runs"] = f"{training}/{len(runs)} trained throughout, then stopped" + \
         ("" if all(s == "stopped" for s in states.values()) else f" ({', '.join(states.values())})")
-    row["steps_per_s_alone"] = before
-    row["throughput_pct"] = 100 * row["steps_per_s"] / before if before else None
+    row["throughput_pct"] = 100 * row["steps_per_s"] / row["steps_per_s_alone"]
     rows.append((f"{n} sessions, all on one run", row))
 
 
