@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
 import os
 import threading
 import time
@@ -171,7 +173,50 @@ def _live_runs(path: str):
     return LiveRuns()
 
 
-_LIVE_SLOTS = threading.BoundedSemaphore(2)
+class _Slots:
+    """At most `n` holders at a time; the others wait their turn in order, page loads before
+    refreshes, and a freed slot is handed to the next in line (no stampede, no overtaking)."""
+
+    def __init__(self, n: int):
+        self._lock = threading.Lock()
+        self._free = n
+        self._line: list = []  # heap of (priority, arrival, event)
+        self._arrivals = itertools.count()
+
+    @contextlib.contextmanager
+    def hold(self, priority: int):
+        with self._lock:
+            if self._free and not self._line:
+                self._free -= 1
+                turn = None
+            else:
+                turn = threading.Event()
+                heapq.heappush(self._line, (priority, next(self._arrivals), turn))
+        if turn is not None:
+            turn.wait()  # the slot is ours when set
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._line:
+                    heapq.heappop(self._line)[2].set()
+                else:
+                    self._free += 1
+
+
+_LIVE_SLOTS = _Slots(2)
+_PAGE_RUN = threading.local()  # set while a page's full run draws its live view
+
+
+@contextlib.contextmanager
+def page_run():
+    """`with page_run():` a live view drawn inside is a page being opened, not a fragment's
+    refresh: it gets the next free slot before any refresh waiting for one."""
+    _PAGE_RUN.active = True
+    try:
+        yield
+    finally:
+        _PAGE_RUN.active = False
 
 
 @contextlib.contextmanager
@@ -181,8 +226,8 @@ def live_slot():
     would have dozens of runnable threads taking turns, and the event loop that sends their
     messages and starts new runs waits its turn behind all of them, so refreshes come later and
     pile up further. Waiting threads take no turns: the server stays responsive when it is
-    behind, and sessions refresh later instead of all at once."""
-    with _LIVE_SLOTS:
+    behind, sessions are served in order, and a page being opened goes first."""
+    with _LIVE_SLOTS.hold(0 if getattr(_PAGE_RUN, "active", False) else 1):
         yield
 
 

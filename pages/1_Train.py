@@ -514,12 +514,13 @@ def refresh_for(status: str) -> float:
     return max(every, QUEUED_REFRESH_S) if status == "queued" else every
 
 
-try:
-    status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # the view as fresh as `run`
-except Exception:  # deleted meanwhile: the view says so
-    status = run["status"]
-if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
-    every = refresh_for(status)
-    st.fragment(live_view, run_every=every)(run["id"], status, every)
-else:
-    live_view(run["id"])
+with ui_common.page_run():  # a page being opened: its live view goes before other sessions' refreshes
+    try:
+        status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # as fresh as `run`
+    except Exception:  # deleted meanwhile: the view says so
+        status = run["status"]
+    if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
+        every = refresh_for(status)
+        st.fragment(live_view, run_every=every)(run["id"], status, every)
+    else:
+        live_view(run["id"])

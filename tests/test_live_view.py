@@ -133,3 +133,45 @@ def test_a_live_chart_is_the_element_st_plotly_chart_sends(home, monkeypatch):
                                                                           list(b.selection_mode))
         assert a.id.endswith("-gap") and a.id.startswith("$$ID-")
     assert layouts == [("stretch", 320)] * 3
+
+
+def test_live_slots_serve_page_loads_first_then_in_order_and_bound_the_holders():
+    import threading
+    import time
+
+    slots = ui_common._Slots(1)
+    order, threads = [], []
+
+    def waiter(name, priority):
+        with slots.hold(priority):
+            order.append(name)
+
+    with slots.hold(1):
+        for name, priority in (("refresh a", 1), ("refresh b", 1), ("page", 0), ("refresh c", 1)):
+            threads.append(threading.Thread(target=waiter, args=(name, priority)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while len(slots._line) < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.01)  # queued before the next one arrives
+    for t in threads:
+        t.join(10)
+    assert order == ["page", "refresh a", "refresh b", "refresh c"]
+
+    slots, inside, most = ui_common._Slots(2), [0], [0]
+    lock = threading.Lock()
+
+    def busy():
+        with slots.hold(1):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=busy) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most[0] == 2 and inside[0] == 0 and slots._free == 2
