@@ -263,9 +263,14 @@ class Session:
         msg = ForwardMsg.FromString(data)
         kind = msg.WhichOneof("type")
         if kind == "new_session":  # a run starts: it serves every rerun asked for so far
-            self.page_hash = msg.new_session.page_script_hash
-            self.max_age = msg.new_session.config.max_cached_message_age or self.max_age
             self.serving, self.waiting, self.last_delta = self.serving + self.waiting, [], None
+            if not msg.metadata.run.fragment_ids:  # a page run: as the browser, drop the fragments'
+                self.max_age = msg.new_session.config.max_cached_message_age or self.max_age
+                for task in self.timers.values():  # timers; the run sets those it still has
+                    task.cancel()
+                self.timers.clear()
+        elif kind == "navigation":  # the page this session is on (the browser reruns it by this hash)
+            self.page_hash = msg.navigation.page_script_hash
         elif kind in ("delta", "ref_hash"):
             self.last_delta = now
             if kind == "ref_hash":
