@@ -167,6 +167,39 @@ def set_lab_refresh(seconds: float) -> None:
 
 # ---------------------------------------------------------------------------- live views
 
+QUEUED_REFRESH_S = 3.0  # a queued run is looked at less often; it starts at most this late on screen
+
+
+def refresh_for(status: str) -> float:
+    """Seconds between a live view's refreshes: the lab's interval (refresh_seconds), at least
+    QUEUED_REFRESH_S while the run is queued, and while it runs, longer when more sessions watch
+    running runs than the server should refresh each second (asymviz.live.Watchers)."""
+    every = refresh_seconds()
+    if status == "queued":
+        return max(every, QUEUED_REFRESH_S)
+    return max(every, _watchers(_store_key()).interval())
+
+
+def watching() -> None:
+    """This session has just drawn a running run: asymviz.live.Watchers counts it."""
+    import secrets
+    ss = st.session_state
+    if "live_session" not in ss:
+        ss["live_session"] = secrets.token_hex(8)
+    _watchers(_store_key()).seen(ss["live_session"])
+
+
+def _store_key() -> str:
+    from asymviz.store import default_path
+    return str(default_path())
+
+
+@st.cache_resource
+def _watchers(path: str):
+    from asymviz.live import Watchers
+    return Watchers()
+
+
 @st.cache_resource
 def _live_runs(path: str):
     from asymviz.live import LiveRuns
@@ -233,8 +266,7 @@ def live_slot():
 
 def live_run(run_id: int):
     """The run's asymviz.live.LiveRun (of $ASYMVIZ_HOME's store), shared by every session."""
-    from asymviz.store import default_path
-    return _live_runs(str(default_path())).get(int(run_id))
+    return _live_runs(_store_key()).get(int(run_id))
 
 
 FAST_CHARTS = True  # False: live charts go through st.plotly_chart (validated again, ~10x the CPU)

@@ -409,9 +409,6 @@ if run is None:
     st.stop()
 
 
-QUEUED_REFRESH_S = 3.0  # a queued run is looked at less often; it starts at most this late on screen
-
-
 def live_view(run_id: int, shown: str | None = None, interval: float | None = None) -> None:
     """Everything about one run, from its LiveRun (asymviz.live): shared by every session that
     watches the run, read from the store at most twice per refresh interval, each figure built
@@ -430,11 +427,16 @@ def draw_run(run_id: int, shown: str | None, interval: float | None) -> None:
         st.warning(f"Run {run_id} no longer exists.")
         return
     run = view.run
-    if shown is not None and (run["status"] != shown or interval != refresh_for(run["status"])):
-        st.rerun()  # started, ended, or the lab's refresh changed: redraw the page once
+    if run["status"] == "running":
+        ui_common.watching()
+    if shown is not None and (run["status"] != shown or interval != ui_common.refresh_for(run["status"])):
+        st.rerun()  # started, ended, or the refresh changed: redraw the page once, with a new timer
     c = run["config"]
     preset = STRATEGIES.get(c["strategy"])
     st.progress(ui.progress_of(run), text=ui.status_line(run, time.time()))
+    if shown == "running" and interval > ui_common.refresh_seconds():
+        st.caption(f"Many students are watching: this view refreshes every {interval:g} s so that training "
+                   "keeps its speed.")
     if run["status"] == "failed":
         st.error(run.get("error") or "The run failed.")
     last_step, last_epoch = view.last_step, view.last_epoch
@@ -508,19 +510,15 @@ def draw_run(run_id: int, shown: str | None, interval: float | None) -> None:
                    f"{charts['records']} recorded so far. The dashed line is what choosing k neurons at random would give.")
 
 
-def refresh_for(status: str) -> float:
-    """Seconds between a live view's refreshes: the lab's interval, longer while queued."""
-    every = ui_common.refresh_seconds()
-    return max(every, QUEUED_REFRESH_S) if status == "queued" else every
-
-
 with ui_common.page_run():  # a page being opened: its live view goes before other sessions' refreshes
     try:
         status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # as fresh as `run`
     except Exception:  # deleted meanwhile: the view says so
         status = run["status"]
     if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
-        every = refresh_for(status)
+        if status == "running":
+            ui_common.watching()  # counted before the interval is chosen
+        every = ui_common.refresh_for(status)
         st.fragment(live_view, run_every=every)(run["id"], status, every)
     else:
         live_view(run["id"])
