@@ -25,18 +25,19 @@ Scenarios (each prints one row):
 Under `own` and `same`, a probe loads Home or Train in a fresh session every 2 s (page load: the
 page's HTML, then the session's first run to its last delta).
 
-Columns: sessions; refreshes served (fragment reruns that finished) and the fewest updates (page
-runs and refreshes) one session got; refresh latency p50 / p95 / max; the longest a watching
-session went without an update; the Streamlit server's CPU time (from /proc, all its threads)
-per session-second and per refresh, less its CPU with no session open; its RSS before the
-sessions opened, at the end, and the most seen; runs finished of runs submitted (under `same`:
-trained through the window, then stopped by this script); training steps/s of all workers, and
-against the same workers with no session watching (under `own`: the same runs trained before
-the class arrived; under `same`: after the window, the sessions pause and resume their
-refreshes in turns of --baseline-seconds, three each, so the two are measured side by side);
-page-load p95 (and max); errors (exceptions and error messages on a page, dropped connections,
-message-cache misses, failed page loads, and tracebacks in the server's log). Bounded in time
-(each phase) and count (at most 200 sessions); it talks to 127.0.0.1 only.
+Columns: sessions; the refresh interval the server gave most sessions (it stretches when more
+watch than it should refresh each second); refreshes served (fragment reruns that finished) and
+the fewest updates (page runs and refreshes) one session got; refresh latency p50 / p95 / max;
+the longest a watching session went without an update; the Streamlit server's CPU time (from
+/proc, all its threads) per session-second and per refresh, less its CPU with no session open;
+its RSS before the sessions opened, at the end, and the most seen; runs finished of runs
+submitted (under `same`: trained through the window, then stopped by this script); training
+steps/s of all workers, and against the same workers with no session watching (under `own`: the
+same runs trained before the class arrived; under `same`: after the window, the sessions pause
+and resume their refreshes in turns of --baseline-seconds, three each, so the two are measured
+side by side); page-load p95 (and max); errors (exceptions and error messages on a page, dropped
+connections, message-cache misses, failed page loads, and tracebacks in the server's log).
+Bounded in time (each phase) and count (at most 200 sessions); it talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -204,6 +206,7 @@ class Session:
         self.ws = None
         self.closed = False
         self.paused = False  # a measuring device: the tab stays open but asks for nothing
+        self.interval: float | None = None  # the refresh interval the server set last
 
     def _rerun(self, fragment_id: str = "", auto: bool = False):
         from streamlit.proto.BackMsg_pb2 import BackMsg
@@ -288,6 +291,7 @@ class Session:
             if old is not None:
                 old.cancel()
             self.timers[fid] = asyncio.get_running_loop().create_task(self._timer(fid, interval))
+            self.interval = interval
         elif kind == "stop_auto_rerun":
             for fid in msg.stop_auto_rerun.fragment_ids:
                 task = self.timers.pop(fid, None)
@@ -493,7 +497,9 @@ def summarize(sessions: list[Session], m: dict, idle_rate: float, t0: float) -> 
     session_s = len(sessions) * m["seconds"]
     errors = [e for s in sessions for e in s.errors]
     gaps = [max(b - a for a, b in zip([t0, *s.updates], [*s.updates, t0 + m["seconds"]])) for s in sessions]
+    intervals = Counter(s.interval for s in sessions if s.interval)
     return {"sessions": len(sessions), "refreshes": refreshes,
+            "refresh_s": intervals.most_common(1)[0][0] if intervals else None,
             "fewest_updates": min((len(s.updates) for s in sessions), default=0),
             "longest_gap_s": max(gaps, default=None),
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "max_s": lat[-1] if lat else None,
@@ -630,7 +636,7 @@ def fmt(value, spec: str = ".0f", unit: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{unit}"
 
 
-COLUMNS = ["scenario", "sessions", "refreshes (fewest updates)", "latency p50 / p95 / max", "longest gap",
+COLUMNS = ["scenario", "sessions", "refresh every", "refreshes (fewest updates)", "latency p50 / p95 / max", "longest gap",
            "server CPU ms per session-s", "ms per refresh", "RSS MiB before / end (max)", "runs",
            "steps/s (vs none)", "page load p95 (max)", "errors"]
 
@@ -643,7 +649,7 @@ def cells(name: str, r: dict) -> list[str]:
         steps = f"{r['steps_per_s']:.0f}" + (f" ({r['throughput_pct']:.0f} %)" if r.get("throughput_pct") else "")
     load = f"{fmt(r.get('page_load_p95_s'), '.2f')} ({fmt(r.get('page_load_max_s'), '.2f')}) s" if r.get("page_loads") else "–"
     refreshes = f"{r['refreshes']} ({r['fewest_updates']})" if "fewest_updates" in r else str(r.get("refreshes", "–"))
-    return [name, str(r.get("sessions", "")), refreshes, lat, fmt(r.get("longest_gap_s"), ".1f", " s"), cpu,
+    return [name, str(r.get("sessions", "")), fmt(r.get("refresh_s"), "g", " s"), refreshes, lat, fmt(r.get("longest_gap_s"), ".1f", " s"), cpu,
             fmt(r.get("cpu_ms_per_refresh"), ".1f"),
             f"{fmt(r.get('rss_before_mb', r.get('rss_mb')))} / {fmt(r.get('rss_mb'))} ({fmt(r.get('rss_max_mb', r.get('rss_mb')))})",
             r.get("runs", "–"), steps, load, str(r.get("errors", 0))]
