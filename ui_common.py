@@ -13,8 +13,12 @@ Past the gate it says on every page what keeps this server from training: its wo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import heapq
+import itertools
 import os
 import sys
+import threading
 import time
 
 import streamlit as st
@@ -27,6 +31,7 @@ WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
 
 def setup(title: str, icon: str) -> None:
     """Page config, the access gate and the server's health; call first on every page."""
+    _freeze_loaded_modules()
     st.set_page_config(page_title=f"{title} · asymviz", page_icon=icon, layout="wide")
     access_gate()
     server_health()
@@ -74,6 +79,22 @@ def check_can_train() -> None:
     problem = lab.pool_problem(runner())
     if problem is not None and problem[0]:
         raise CannotTrain(problem[1])
+
+
+@st.cache_resource
+def _freeze_loaded_modules() -> bool:
+    """Once per server: put every object alive after the first page's imports into the garbage
+    collector's permanent generation (gc.freeze). With torch, pandas and plotly loaded a full
+    collection walks about 300,000 objects, about 200 ms of CPU with the GIL held, so every
+    session stands still meanwhile (on a busy machine, for seconds); frozen, the modules' objects
+    are skipped and a collection walks only what the sessions create."""
+    import gc
+
+    import pandas  # noqa: F401  the pages' other large modules, loaded now so they are frozen too
+    import plotly.graph_objects  # noqa: F401
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def access_gate() -> None:
@@ -157,11 +178,178 @@ def submit(config: dict, owner: str) -> int:
 
 
 def refresh_seconds() -> float:
-    """How often live views poll the store: $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
+    """How often live views poll the store: the interval the instructor set for the lab
+    (Instructor page), else $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
+    chosen = _lab_refresh()
+    if chosen is not None:
+        return chosen
     try:
         return max(0.2, float(os.environ.get("ASYMVIZ_REFRESH_S", "1.0")))
     except ValueError:
         return 1.0
+
+
+_LAB_REFRESH = {"read_at": -1e9, "value": None}
+
+
+def _lab_refresh() -> float | None:
+    """The instructor's lab-wide interval, read from $ASYMVIZ_HOME at most every 2 s."""
+    from asymviz import live
+    now = time.monotonic()
+    if now - _LAB_REFRESH["read_at"] >= 2.0:
+        _LAB_REFRESH.update(read_at=now, value=live.read_refresh(home_folder()))
+    return _LAB_REFRESH["value"]
+
+
+def set_lab_refresh(seconds: float) -> None:
+    """Set the lab-wide refresh interval (ValueError outside asymviz.live.REFRESH_RANGE); every
+    live view follows within a few seconds."""
+    from asymviz import live
+    live.write_refresh(home_folder(), seconds)
+    _LAB_REFRESH["read_at"] = -1e9
+
+
+# ---------------------------------------------------------------------------- live views
+
+QUEUED_REFRESH_S = 3.0  # a queued run is looked at less often; it starts at most this late on screen
+
+
+def refresh_for(status: str) -> float:
+    """Seconds between a live view's refreshes: the lab's interval (refresh_seconds), at least
+    QUEUED_REFRESH_S while the run is queued, and while it runs, longer when more sessions watch
+    running runs than the server should refresh each second (asymviz.live.Watchers)."""
+    every = refresh_seconds()
+    if status == "queued":
+        return max(every, QUEUED_REFRESH_S)
+    return max(every, _watchers(_store_key()).interval())
+
+
+def watching() -> None:
+    """This session has just drawn a running run: asymviz.live.Watchers counts it."""
+    import secrets
+    ss = st.session_state
+    if "live_session" not in ss:
+        ss["live_session"] = secrets.token_hex(8)
+    _watchers(_store_key()).seen(ss["live_session"])
+
+
+def _store_key() -> str:
+    from asymviz.store import default_path
+    return str(default_path())
+
+
+@st.cache_resource
+def _watchers(path: str):
+    from asymviz.live import Watchers
+    return Watchers()
+
+
+@st.cache_resource
+def _live_runs(path: str):
+    from asymviz.live import LiveRuns
+    return LiveRuns()
+
+
+class _Slots:
+    """At most `n` holders at a time; the others wait their turn in order, page loads before
+    refreshes, and a freed slot is handed to the next in line (no stampede, no overtaking)."""
+
+    def __init__(self, n: int):
+        self._lock = threading.Lock()
+        self._free = n
+        self._line: list = []  # heap of (priority, arrival, event)
+        self._arrivals = itertools.count()
+
+    @contextlib.contextmanager
+    def hold(self, priority: int):
+        with self._lock:
+            if self._free and not self._line:
+                self._free -= 1
+                turn = None
+            else:
+                turn = threading.Event()
+                heapq.heappush(self._line, (priority, next(self._arrivals), turn))
+        if turn is not None:
+            turn.wait()  # the slot is ours when set
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._line:
+                    heapq.heappop(self._line)[2].set()
+                else:
+                    self._free += 1
+
+
+_LIVE_SLOTS = _Slots(2)
+_PAGE_RUN = threading.local()  # set while a page's full run draws its live view
+
+
+@contextlib.contextmanager
+def page_run():
+    """`with page_run():` a live view drawn inside is a page being opened, not a fragment's
+    refresh: it gets the next free slot before any refresh waiting for one."""
+    _PAGE_RUN.active = True
+    try:
+        yield
+    finally:
+        _PAGE_RUN.active = False
+
+
+@contextlib.contextmanager
+def live_slot():
+    """Draw a live view while holding one of two slots. Every refresh of every session runs in
+    its own thread, and Python runs one thread at a time: a class of sessions refreshing at once
+    would have dozens of runnable threads taking turns, and the event loop that sends their
+    messages and starts new runs waits its turn behind all of them, so refreshes come later and
+    pile up further. Waiting threads take no turns: the server stays responsive when it is
+    behind, sessions are served in order, and a page being opened goes first."""
+    with _LIVE_SLOTS.hold(0 if getattr(_PAGE_RUN, "active", False) else 1):
+        yield
+
+
+def live_run(run_id: int):
+    """The run's asymviz.live.LiveRun (of $ASYMVIZ_HOME's store), shared by every session."""
+    return _live_runs(_store_key()).get(int(run_id))
+
+
+FAST_CHARTS = True  # False: live charts go through st.plotly_chart (validated again, ~10x the CPU)
+
+
+def chart(where, chart, key: str) -> None:
+    """Show an asymviz.live.Chart (plotly JSON built once for every session) in `where` (st or a
+    column). It sends the PlotlyChart element st.plotly_chart would send for the same figure,
+    with its defaults (theme, width, content height), without validating and serializing the
+    figure again for each session; tests/test_pages.py holds the two to the same element."""
+    if FAST_CHARTS:
+        try:
+            _enqueue_plotly_json(where, chart.json, chart.height, key)
+            return
+        except (ImportError, AttributeError, TypeError):  # Streamlit's internals moved: the plain path
+            pass
+    import json
+    where.plotly_chart(json.loads(chart.json), key=key)
+
+
+def _enqueue_plotly_json(dg, spec: str, height: int, key: str) -> None:
+    import json
+
+    from streamlit.elements.lib.form_utils import current_form_id
+    from streamlit.elements.lib.layout_utils import LayoutConfig
+    from streamlit.elements.lib.utils import compute_and_register_element_id
+    from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
+
+    dg = getattr(dg, "_main", dg) if dg is st else dg
+    proto = PlotlyChart()
+    proto.theme = "streamlit"
+    proto.form_id = current_form_id(dg)
+    proto.spec = spec
+    proto.config = json.dumps({})
+    proto.id = compute_and_register_element_id(
+        "plotly_chart", user_key=key, key_as_main_identity=False, dg=dg, plotly_spec=proto.spec,
+        plotly_config=proto.config, selection_mode=("points", "box", "lasso"), is_selection_activated=False,
+        theme="streamlit", width="stretch", height="content", alt=None)
+    dg._enqueue("plotly_chart", proto, layout_config=LayoutConfig(width="stretch", height=height))
 
 
 @st.cache_resource(show_spinner="Starting the training workers ...")

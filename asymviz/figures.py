@@ -2,16 +2,26 @@
 
     from asymviz import figures
     fig = figures.loss_figure(store.steps_downsampled(run_id, 300), store.epochs(run_id))
+    text = figures.to_json(figures.loss_figure.spec(steps, epochs))   # the same figure, unvalidated
 
 Inputs are the flat dicts the store returns (step records, epoch records, mask records,
 selection counts, bench rows); nothing here reads a store, a file or the clock. Every figure
 has a bounded size whatever the run length: curves are downsampled to `MAX_POINTS` points and
 mask heatmaps binned to at most `MAX_STEPS` x `MAX_NEURONS` cells, so a long run costs the
 browser and the server no more than a short one.
+
+The run figures are written once, as plain dicts: `loss_figure(...)` validates them into a
+`go.Figure` (the readable path, for pages, notebooks and tests); `loss_figure.spec(...)` returns
+the dict as it is, and `to_json` writes it as plotly's own `to_json` would, about ten times
+faster. The live views take that second path (asymviz.live), and a test holds both to the
+same JSON.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import math
 from typing import Iterable, Sequence
 
@@ -79,17 +89,87 @@ class _Spec:
         self.annotations.append(dict(text=text, xref="paper", yref="paper", showarrow=False,
                                      font=dict(size=11, color=REFERENCE), **where))
 
-    def figure(self) -> go.Figure:
-        return go.Figure(data=self.data, layout={**self.layout, "shapes": self.shapes, "annotations": self.annotations})
+    def to_dict(self) -> dict:
+        """The figure as plotly's dict form ({"data", "layout"}), not validated."""
+        layout = dict(self.layout)
+        if self.shapes:
+            layout["shapes"] = self.shapes
+        if self.annotations:
+            layout["annotations"] = self.annotations
+        return {"data": self.data, "layout": layout}
 
-    def empty(self, text: str = "No data yet") -> go.Figure:
+    def figure(self) -> go.Figure:
+        return go.Figure(self.to_dict())
+
+    def empty(self, text: str = "No data yet") -> _Spec:
         """The figure with no data and a line of text in the middle."""
         self.data = []
         self.annotations = [dict(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
                                  font=dict(size=14, color=REFERENCE))]
         self.xaxis(showticklabels=False, showgrid=False, zeroline=False)
         self.yaxis(showticklabels=False, showgrid=False, zeroline=False)
-        return self.figure()
+        return self
+
+
+def _builder(make):
+    """One figure, two outputs: `f(...)` is the validated `go.Figure`, `f.spec(...)` the same
+    figure as a plain dict for `to_json` (make(...) returns a _Spec)."""
+    @functools.wraps(make)
+    def figure(*args, **kwargs) -> go.Figure:
+        return make(*args, **kwargs).figure()
+
+    figure.spec = lambda *args, **kwargs: make(*args, **kwargs).to_dict()
+    return figure
+
+
+# plotly.js reads NumPy arrays sent as base64 "typed arrays"; it has no 64-bit integers, so
+# those are narrowed to the smallest integer type that holds them (as plotly's to_json does).
+_TYPED = {"float64": "f8", "float32": "f4", "int8": "i1", "int16": "i2", "int32": "i4",
+          "uint8": "u1", "uint16": "u2", "uint32": "u4"}
+
+
+def _typed_array(a: np.ndarray):
+    if a.size == 0:
+        return []
+    if a.dtype == np.int64:
+        lo, hi = int(a.min()), int(a.max())
+        a = a.astype(next((t for t in (np.int8, np.int16, np.int32)
+                           if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), np.int64))
+    code = _TYPED.get(str(a.dtype))
+    if code is None:
+        return a.tolist()
+    typed = {"dtype": code, "bdata": base64.b64encode(np.ascontiguousarray(a)).decode("ascii")}
+    if a.ndim > 1:
+        typed["shape"] = ", ".join(str(d) for d in a.shape)
+    return typed
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return _typed_array(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@functools.lru_cache(maxsize=4)
+def _template(name: str) -> dict:
+    """A named template as the dict go.Figure puts in its place (plotly.js knows no names)."""
+    return json.loads(go.Figure(layout=dict(template=name)).to_json())["layout"]["template"]
+
+
+def to_json(spec: dict) -> str:
+    """A figure's plain dict (`builder.spec(...)`) as the JSON that plotly's `to_json` writes
+    for the validated figure: NumPy arrays as base64 typed arrays, the template spelled out.
+    Not validated: for the builders of this module, whose output the tests validate."""
+    layout = spec.get("layout") or {}
+    if isinstance(layout.get("template"), str):
+        spec = {**spec, "layout": {**layout, "template": _template(layout["template"])}}
+    try:
+        return json.dumps(spec, default=_json_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN or an infinity outside the arrays: plotly's encoder writes null
+        from plotly.io.json import to_json_plotly
+        return to_json_plotly(json.loads(json.dumps(spec, default=_json_default)))
 
 
 def _empty(fig: go.Figure, text: str = "No data yet") -> go.Figure:
@@ -127,13 +207,19 @@ def series(records: Iterable[dict], key: str, x: str = "step") -> tuple[np.ndarr
     """(xs, ys) arrays of the records that have a finite `key` (missing and NaN values are
     skipped). ys are float32: plotly sends NumPy arrays as compact base64, and a chart needs no
     more precision."""
-    xs, ys = [], []
-    for r in records:
-        y = _finite(r.get(key))
-        if y is not None and r.get(x) is not None:
-            xs.append(r[x])
-            ys.append(y)
-    return np.asarray(xs), np.asarray(ys, dtype=np.float32)
+    records = list(records)
+    ys = np.fromiter((_number(r.get(key)) for r in records), dtype=np.float64, count=len(records))
+    xv = [r.get(x) for r in records]
+    keep = np.isfinite(ys) & np.fromiter((v is not None for v in xv), dtype=bool, count=len(xv))
+    return np.asarray([v for v, k in zip(xv, keep) if k]), ys[keep].astype(np.float32)
+
+
+def _number(value) -> float:
+    """A metric as a float; NaN for a missing or non-numeric one."""
+    if type(value) is float or type(value) is int:
+        return value
+    x = _finite(value)
+    return math.nan if x is None else x
 
 
 def _epoch_mode(x) -> str:
@@ -229,24 +315,27 @@ def _curves(spec: _Spec, steps: Sequence[dict], epochs: Sequence[dict], step_key
             spec.trace("scatter", x=x, y=y, name=name, mode=_epoch_mode(x), line=dict(color=color, width=2.5))
 
 
-def loss_figure(steps: Sequence[dict], epochs: Sequence[dict], max_points: int = MAX_POINTS) -> go.Figure:
+@_builder
+def loss_figure(steps: Sequence[dict], epochs: Sequence[dict], max_points: int = MAX_POINTS) -> _Spec:
     """Training loss per step (faint) and train / validation loss per epoch, against steps."""
     spec = _Spec("Loss", "step", "cross-entropy")
     _curves(spec, steps, epochs, "train/loss", "batch loss", ("train/loss", "val/loss"), max_points)
-    return spec.figure() if spec.data else spec.empty("Waiting for the first step ...")
+    return spec if spec.data else spec.empty("Waiting for the first step ...")
 
 
-def accuracy_figure(steps: Sequence[dict], epochs: Sequence[dict], max_points: int = MAX_POINTS) -> go.Figure:
+@_builder
+def accuracy_figure(steps: Sequence[dict], epochs: Sequence[dict], max_points: int = MAX_POINTS) -> _Spec:
     """Batch accuracy per step (faint) and train / validation accuracy per epoch."""
     spec = _Spec("Accuracy", "step", "accuracy")
     _curves(spec, steps, epochs, "train/batch_acc", "batch accuracy", ("train/acc", "val/acc"), max_points)
     if not spec.data:
         return spec.empty("Waiting for the first step ...")
     spec.yaxis(range=[0, 1.02], tickformat=".0%")
-    return spec.figure()
+    return spec
 
 
-def gap_figure(epochs: Sequence[dict], max_points: int = MAX_POINTS) -> go.Figure:
+@_builder
+def gap_figure(epochs: Sequence[dict], max_points: int = MAX_POINTS) -> _Spec:
     """Generalization gap (train accuracy - validation accuracy) per epoch: above 0 is overfitting."""
     spec = _Spec("Generalization gap (train − validation accuracy)", "epoch", "gap",
                  showlegend=False, hovermode="closest", bargap=0.1)
@@ -259,11 +348,12 @@ def gap_figure(epochs: Sequence[dict], max_points: int = MAX_POINTS) -> go.Figur
         hovertemplate="epoch %{x}<br>gap %{y:.2%}<extra></extra>")
     spec.hline(0.0, dict(color=REFERENCE, width=1))
     spec.yaxis(tickformat=".1%")
-    return spec.figure()
+    return spec
 
 
+@_builder
 def timing_figure(steps: Sequence[dict], reference: dict | None = None,
-                  max_points: int = MAX_POINTS) -> go.Figure:
+                  max_points: int = MAX_POINTS) -> _Spec:
     """Forward, backward and optimizer milliseconds per step; with `reference` (the summary or
     mean timings of the symmetric run of the same config: backward_ms_mean, step_ms_mean,
     and optional "label") a dashed line marks its mean backward time. Rare spikes (another
@@ -276,7 +366,8 @@ def timing_figure(steps: Sequence[dict], reference: dict | None = None,
                                    ("time/optimizer_ms", "optimizer", TEST, "dot")):
         x, y = series(points, key)
         if len(x):
-            spec.trace("scatter", x=x, y=y, name=name, mode="lines", line=dict(color=color, width=1.5, dash=dash))
+            line = dict(color=color, width=1.5, **({"dash": dash} if dash else {}))
+            spec.trace("scatter", x=x, y=y, name=name, mode="lines", line=line)
             values.append(y)
     if not spec.data:
         return spec.empty("Waiting for the first step ...")
@@ -291,7 +382,7 @@ def timing_figure(steps: Sequence[dict], reference: dict | None = None,
         spec.hline(ref, dict(color=REFERENCE, width=2, dash="dash"), f"{label}: backward {ref:.2f} ms")
         top = max(top, ref)
     spec.yaxis(range=[0, top * 1.08])
-    return spec.figure()
+    return spec
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -312,7 +403,8 @@ def mask_matrix(masks: Sequence[dict], n: int | None = None, max_steps: int = MA
     z = np.zeros((rows, len(records)), dtype=np.float32)
     per_bin = np.bincount(np.arange(n) // bin_size, minlength=rows).astype(np.float32) if n else np.ones(0)
     for c, r in enumerate(records):
-        kept = np.asarray([i for i in r["kept"] if 0 <= i < n], dtype=np.int64)
+        kept = np.asarray(r["kept"], dtype=np.int64)
+        kept = kept[(kept >= 0) & (kept < n)]
         if kept.size:
             z[:, c] = np.bincount(kept // bin_size, minlength=rows)[:rows]
     if rows:
@@ -320,8 +412,9 @@ def mask_matrix(masks: Sequence[dict], n: int | None = None, max_steps: int = MA
     return z, [int(r["step"]) for r in records], bin_size
 
 
+@_builder
 def mask_heatmap(masks: Sequence[dict], layer: int = 0, n: int | None = None,
-                 max_steps: int = MAX_STEPS, max_neurons: int = MAX_NEURONS) -> go.Figure:
+                 max_steps: int = MAX_STEPS, max_neurons: int = MAX_NEURONS) -> _Spec:
     """Steps x neurons heatmap of which neurons the backward kept in one layer."""
     spec = _Spec(f"Kept neurons per step, hidden layer {layer + 1}", "step", "neuron", hovermode="closest")
     z, steps, bin_size = mask_matrix(masks, n, max_steps, max_neurons)
@@ -333,11 +426,12 @@ def mask_heatmap(masks: Sequence[dict], layer: int = 0, n: int | None = None,
                colorbar=dict(title=dict(text="kept"), thickness=10, tickformat=".0%"),
                hovertemplate="step %{x}<br>" + label + " %{y}<br>kept %{z:.0%}<extra></extra>")
     spec.yaxis(title={"text": label}, autorange="reversed")
-    return spec.figure()
+    return spec
 
 
+@_builder
 def selection_figure(counts: Sequence[int], n_records: int, layer: int = 0, keep: int | None = None,
-                     max_neurons: int = MAX_NEURONS * 2, sort: bool = False) -> go.Figure:
+                     max_neurons: int = MAX_NEURONS * 2, sort: bool = False) -> _Spec:
     """How often each neuron was kept (fraction of recorded steps), one bar per neuron (binned
     beyond max_neurons). With `keep` (kept neurons per step) a dashed line marks what a uniform
     choice would give, keep / n: bars far above it are neurons the top-k keeps choosing."""
@@ -355,16 +449,17 @@ def selection_figure(counts: Sequence[int], n_records: int, layer: int = 0, keep
         pad = (-n) % bin_size
         freq = np.concatenate([freq, np.full(pad, np.nan)]).reshape(-1, bin_size)
         freq = np.nanmean(freq, axis=1)
-    spec.trace("bar", x=np.arange(len(freq)) * bin_size, y=freq.astype(np.float32), marker_color=BACKWARD,
+    spec.trace("bar", x=np.arange(len(freq)) * bin_size, y=freq.astype(np.float32), marker=dict(color=BACKWARD),
                name="kept", hovertemplate="neuron %{x}<br>kept in %{y:.0%} of steps<extra></extra>")
     if keep:
         spec.hline(keep / n, dict(color=REFERENCE, width=1.5, dash="dash"), f"uniform choice: {keep / n:.0%}",
                    x=1.0, anchor="right")
     spec.yaxis(range=[0, 1.02], tickformat=".0%")
-    return spec.figure()
+    return spec
 
 
-def connection_figure(mask, title: str = "Connection mask", max_size: int = MAX_NEURONS) -> go.Figure:
+@_builder
+def connection_figure(mask, title: str = "Connection mask", max_size: int = MAX_NEURONS) -> _Spec:
     """A snapshot of one layer's connection mask (n_out x n_in booleans: which weights got
     gradient), block-averaged to at most max_size x max_size cells."""
     spec = _Spec(title, "input unit", "output neuron", hovermode="closest")
@@ -381,7 +476,7 @@ def connection_figure(mask, title: str = "Connection mask", max_size: int = MAX_
                colorscale=[[0, "#f8fafc"], [1, BACKWARD]], colorbar=dict(title=dict(text="used"), thickness=10),
                hovertemplate="output %{y}<br>input %{x}<br>used %{z:.0%}<extra></extra>")
     spec.yaxis(autorange="reversed")
-    return spec.figure()
+    return spec
 
 
 # ---------------------------------------------------------------------------- decision boundary
@@ -405,10 +500,11 @@ def _blend(color: str, amount: np.ndarray) -> np.ndarray:
     return 255.0 + (rgb - 255.0) * amount[..., None]
 
 
+@_builder
 def boundary_figure(grid: dict | None, points: Sequence[Sequence[float]] | None = None,
                     labels: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                     title: str = "Decision boundary", n_classes: int | None = None,
-                    max_points: int = MAX_SCATTER) -> go.Figure:
+                    max_points: int = MAX_SCATTER) -> _Spec:
     """The model's decision regions over a 2-D input grid, with the data on top.
 
     grid: {"x": [nx], "y": [ny]} with {"cls", "conf"} (ny x nx predicted class and its
@@ -451,14 +547,15 @@ def boundary_figure(grid: dict | None, points: Sequence[Sequence[float]] | None 
     if has_grid:
         spec.xaxis(range=[min(grid["x"]), max(grid["x"])], showgrid=False)
         spec.yaxis(range=[min(grid["y"]), max(grid["y"])], showgrid=False, autorange=False)
-    return spec.figure()
+    return spec
 
 
 # ----------------------------------------------------------------------------------- compare
 
 
+@_builder
 def compare_figure(runs: Sequence[tuple[str, Sequence[dict]]], key: str = "val/acc",
-                   title: str | None = None, x: str = "epoch") -> go.Figure:
+                   title: str | None = None, x: str = "epoch") -> _Spec:
     """One curve per run: runs is [(label, epoch records)], plotted as `key` against `x`."""
     titles = {"val/acc": "Validation accuracy", "train/acc": "Training accuracy", "val/loss": "Validation loss",
               "train/loss": "Training loss", "gap": "Generalization gap"}
@@ -472,7 +569,7 @@ def compare_figure(runs: Sequence[tuple[str, Sequence[dict]]], key: str = "val/a
         return spec.empty("Select runs that have finished at least one epoch")
     if key.endswith("acc") or key == "gap":
         spec.yaxis(tickformat=".0%")
-    return spec.figure()
+    return spec
 
 
 # ---------------------------------------------------------------------------------- bench

@@ -756,21 +756,28 @@ class Store:
         rows = self._query(sql, (run_id, run_id, *spread))
         return [_metric_dict(row, "step") for row in rows]
 
-    def epochs(self, run_id: int) -> list[dict]:
-        """The run's epoch records in epoch order (flat dicts with `epoch`)."""
-        rows = self._query("SELECT epoch, data FROM epochs WHERE run_id = ? ORDER BY epoch",
-                           (run_id,))
-        return [_metric_dict(row, "epoch") for row in rows]
+    def epochs(self, run_id: int, since_epoch: int | None = None) -> list[dict]:
+        """The run's epoch records in epoch order (flat dicts with `epoch`).
+        since_epoch: only epochs after it (live polling)."""
+        sql, params = "SELECT epoch, data FROM epochs WHERE run_id = ?", [run_id]
+        if since_epoch is not None:
+            sql += " AND epoch > ?"
+            params.append(since_epoch)
+        return [_metric_dict(row, "epoch") for row in self._query(sql + " ORDER BY epoch", params)]
 
     def masks(self, run_id: int, layer: int | None = None, max_steps: int | None = None,
-              with_conn: bool = True) -> list[dict]:
+              with_conn: bool = True, since_step: int | None = None) -> list[dict]:
         """Mask records {step, layer, n, kept: [indices], conn: bytes | None} by step, layer.
-        max_steps: keep the records of at most that many steps, spread evenly over the run."""
+        max_steps: keep the records of at most that many steps, spread evenly over the run;
+        since_step: only the records of steps after it (live polling; not with max_steps)."""
+        if since_step is not None and max_steps is not None:
+            raise ValueError("masks() takes since_step or max_steps, not both.")
         layer_sql, layer_params = ("AND layer = ?", (layer,)) if layer is not None else ("", ())
         columns = "step, layer, n, kept" + (", conn" if with_conn else "")
         if max_steps is None:
-            sql = f"SELECT {columns} FROM masks WHERE run_id = ? {layer_sql} ORDER BY step, layer"
-            params: tuple = (run_id, *layer_params)
+            since_sql, since_params = ("AND step > ?", (since_step,)) if since_step is not None else ("", ())
+            sql = f"SELECT {columns} FROM masks WHERE run_id = ? {layer_sql} {since_sql} ORDER BY step, layer"
+            params: tuple = (run_id, *layer_params, *since_params)
         else:
             condition, spread = _spread(max_steps)
             sql = f"""WITH numbered AS (

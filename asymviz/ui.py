@@ -394,39 +394,3 @@ def dataset_shape(name: str, options: dict | None = None, split_seed: int = 0) -
         return 784, 10, False
     data = load_dataset(name, options or {}, split_seed=split_seed)
     return data.n_features, data.n_classes, bool(data.is_2d)
-
-
-# ----------------------------------------------------------------------------- live reading
-
-
-class StepSampler:
-    """A bounded, evenly strided sample of a growing run's step records, read incrementally.
-
-    A live view calls `update(store)` every refresh: it reads only the rows written since the
-    last call (those whose step is a multiple of the current stride), and when the sample
-    exceeds 2 * max_points it keeps every other record and doubles the stride. So one refresh
-    costs O(new steps / stride) and the sample stays O(max_points) however long the run.
-    The first call on a long run reads one strided pass instead of every row."""
-
-    def __init__(self, run_id: int, max_points: int = 400):
-        self.run_id, self.max_points = run_id, max_points
-        self.stride = 1
-        self.records: list[dict] = []
-        self.last_step: int | None = None
-
-    def update(self, store) -> list[dict]:
-        if self.last_step is None:  # first read: pick a stride that fits the run so far
-            last = store.steps_downsampled(self.run_id, 1)
-            if last:
-                while last[0]["step"] / self.stride > self.max_points:
-                    self.stride *= 2
-        new = store.steps(self.run_id, since_step=self.last_step, every=self.stride if self.stride > 1 else None)
-        if new:
-            self.records.extend(new)
-            self.last_step = new[-1]["step"]
-        elif self.last_step is None:
-            self.last_step = 0 if self.stride == 1 else None
-        while len(self.records) > 2 * self.max_points:
-            self.stride *= 2
-            self.records = [r for r in self.records if r["step"] % self.stride == 0]
-        return self.records

@@ -14,7 +14,7 @@ import torch
 
 import ui_common
 import ui_lecture
-from asymviz import figures, ui
+from asymviz import ui
 from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
 from asymviz.sparse import keep_count
@@ -195,26 +195,6 @@ def shape_of(name: str, options_json: str, split_seed: int):
         return ui.dataset_shape(name, json.loads(options_json), split_seed), None
     except Exception as err:
         return None, ui.friendly_error(err)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def points_of(name: str, options_json: str, split_seed: int):
-    """Training points of a 2-D dataset (standardized, as the model sees them), at most MAX_SCATTER."""
-    from asymviz.data import load_dataset
-    data = load_dataset(name, json.loads(options_json), split_seed=split_seed)
-    idx = figures.downsample(list(range(len(data.y_train))), figures.MAX_SCATTER)
-    return data.x_train[idx].tolist(), data.y_train[idx].tolist(), list(data.class_names)
-
-
-@st.cache_data(ttl=15, max_entries=64, show_spinner=False)
-def reference_of(run_id: int, config_json: str) -> dict | None:
-    """The finished symmetric run of the same config (timing reference), as {id, summary}."""
-    from asymviz.jobs import find_reference_run
-    try:
-        ref = find_reference_run(ui_common.store(), json.loads(config_json))
-    except Exception:
-        return None
-    return None if ref is None or ref["id"] == run_id else {"id": ref["id"], "summary": ref["summary"]}
 
 
 # ------------------------------------------------------------------------------------ sidebar
@@ -455,42 +435,51 @@ if run is None:
     st.stop()
 
 
-def live_view(run_id: int, was_live: bool) -> None:
-    """Everything about one run, read from the store; refreshed while the run is live."""
+def live_view(run_id: int, shown: str | None = None, interval: float | None = None) -> None:
+    """Everything about one run, from its LiveRun (asymviz.live): shared by every session that
+    watches the run, read from the store at most twice per refresh interval, each figure built
+    once per new data. As a fragment (run_every) while the run is live; `shown` is the status it
+    was started for and `interval` its refresh: when either no longer fits, the page reruns once
+    (a new timer, or none once the run has ended)."""
+    with ui_common.live_slot():  # a few sessions at a time (see there)
+        draw_run(run_id, shown, interval)
+
+
+def draw_run(run_id: int, shown: str | None, interval: float | None) -> None:
+    watch = ui_common.live_run(run_id)
     try:
-        run = store.get_run(run_id)
+        view = watch.refresh(store, max_age=min(0.5, ui_common.refresh_seconds() / 2))
     except Exception:
         st.warning(f"Run {run_id} no longer exists.")
         return
-    if was_live and run["status"] not in ui.LIVE:
-        st.rerun()  # the run just ended: redraw the page once, without the timer
+    run = view.run
+    if run["status"] == "running":
+        ui_common.watching()
+    if shown is not None and (run["status"] != shown or interval != ui_common.refresh_for(run["status"])):
+        st.rerun()  # started, ended, or the refresh changed: redraw the page once, with a new timer
     c = run["config"]
     preset = STRATEGIES.get(c["strategy"])
     st.progress(ui.progress_of(run), text=ui.status_line(run, time.time()))
+    if shown == "running" and interval > ui_common.refresh_seconds():
+        st.caption(f"Many students are watching: this view refreshes every {interval:g} s so that training "
+                   "keeps its speed.")
     if run["status"] == "failed":
         st.error(run.get("error") or "The run failed.")
-    if run["status"] in ui.LIVE:  # read only the new rows each refresh, keep a bounded sample
-        sampler = ss.get("train_sampler")
-        if sampler is None or sampler.run_id != run_id:
-            sampler = ss["train_sampler"] = ui.StepSampler(run_id, figures.MAX_POINTS)
-        steps = sampler.update(store)
-    else:
-        ss.pop("train_sampler", None)
-        steps = store.steps_downsampled(run_id, figures.MAX_POINTS)
-    epochs = store.epochs(run_id)
-    last_step, last_epoch = (steps[-1] if steps else {}), (epochs[-1] if epochs else {})
-    m = st.columns(5)
-    m[0].metric("Step", f"{last_step.get('step', 0):,}")
-    m[1].metric("Epoch", f"{last_epoch.get('epoch', 0)} / {c['epochs']}")
-    m[2].metric("Batch loss", f"{last_step['train/loss']:.4f}" if "train/loss" in last_step else "–")
-    m[3].metric("Validation accuracy", f"{last_epoch['val/acc']:.1%}" if "val/acc" in last_epoch else "–")
-    m[4].metric("Generalization gap", f"{last_epoch['gap']:+.1%}" if "gap" in last_epoch else "–",
-                help="Train accuracy minus validation accuracy: above 0 the network fits the training set "
-                     "better than unseen data.")
-    cols = st.columns(3)
-    cols[0].plotly_chart(figures.loss_figure(steps, epochs), key="train_fig_loss")
-    cols[1].plotly_chart(figures.accuracy_figure(steps, epochs), key="train_fig_acc")
-    cols[2].plotly_chart(figures.gap_figure(epochs), key="train_fig_gap")
+    last_step, last_epoch = view.last_step, view.last_epoch
+    # Rows are horizontal containers rather than st.columns: every element is a message to each
+    # watching browser every second, and a row of columns costs one more per column.
+    m = st.container(horizontal=True, wrap=False)
+    m.metric("Step", f"{last_step.get('step', 0):,}")
+    m.metric("Epoch", f"{last_epoch.get('epoch', 0)} / {c['epochs']}")
+    m.metric("Batch loss", f"{last_step['train/loss']:.4f}" if "train/loss" in last_step else "–")
+    m.metric("Validation accuracy", f"{last_epoch['val/acc']:.1%}" if "val/acc" in last_epoch else "–")
+    m.metric("Generalization gap", f"{last_epoch['gap']:+.1%}" if "gap" in last_epoch else "–",
+             help="Train accuracy minus validation accuracy: above 0 the network fits the training set "
+                  "better than unseen data.")
+    row = st.container(horizontal=True, wrap=False)
+    ui_common.chart(row, watch.chart("loss"), key="train_fig_loss")
+    ui_common.chart(row, watch.chart("accuracy"), key="train_fig_acc")
+    ui_common.chart(row, watch.chart("gap"), key="train_fig_gap")
 
     views = ["Backward time", "Gradient masks"]
     info = DATASETS.get(c["dataset"])
@@ -498,34 +487,28 @@ def live_view(run_id: int, was_live: bool) -> None:
         views.insert(0, "Decision boundary")
     if ss.get("train_view") not in views:
         ss["train_view"] = views[0]
-    view = st.segmented_control("Detail", views, key="train_view", label_visibility="collapsed") or views[0]
-    if view == "Decision boundary":
-        from asymviz.jobs import GRID_KIND
-        grids = store.artifacts(run_id, GRID_KIND, last_only=True)
-        grid = grids[0] if grids else None
-        options_json = json.dumps(c.get("dataset_options") or {}, sort_keys=True)
-        pts, labels, names = points_of(c["dataset"], options_json, int(c.get("split_seed", 0)))
-        title = f"Decision boundary after epoch {grid['epoch']}" if grid else "Decision boundary"
+    view_name = st.segmented_control("Detail", views, key="train_view", label_visibility="collapsed") or views[0]
+    if view_name == "Decision boundary":
+        chart, _ = watch.boundary_chart(store)
         left, right = st.columns([3, 2])
-        left.plotly_chart(figures.boundary_figure(grid["data"] if grid else None, pts, labels, names, title=title,
-                                                  n_classes=len(names)), key="train_fig_boundary")
+        ui_common.chart(left, chart, key="train_fig_boundary")
         right.markdown("Each region has the color of the class the network predicts there, paler where it is "
                        "unsure; dots are training points. It is redrawn after every epoch.")
-    elif view == "Backward time":
-        ref = reference_of(run_id, json.dumps(c, sort_keys=True)) if c["strategy"] != "symmetric" else None
-        reference = dict(ref["summary"] or {}, label=f"symmetric run #{ref['id']}") if ref else None
-        st.plotly_chart(figures.timing_figure(steps, reference), key="train_fig_timing")
+    elif view_name == "Backward time":
+        chart, ref = watch.timing_chart(store)
+        ui_common.chart(st, chart, key="train_fig_timing")
         s = run.get("summary") or {}
+        reference = ""
         if ref and s.get("backward_ms_mean") and (ref["summary"] or {}).get("backward_ms_mean"):
             speed = ref["summary"]["backward_ms_mean"] / s["backward_ms_mean"]
-            st.caption(f"Mean backward {s['backward_ms_mean']:.2f} ms against {ref['summary']['backward_ms_mean']:.2f} ms "
-                       f"for symmetric run #{ref['id']}: {speed:.2f}x.")
+            reference = (f"Mean backward {s['backward_ms_mean']:.2f} ms against {ref['summary']['backward_ms_mean']:.2f} "
+                         f"ms for symmetric run #{ref['id']}: {speed:.2f}x.\n\n")
         elif not ref and c["strategy"] != "symmetric":
-            st.caption("No finished symmetric run with this configuration yet: start one (strategy Symmetric, "
-                       "same seed) to get a timing reference here.")
-        st.caption("Small networks are overhead-bound: top-k selection, indexing and Python overhead can cost more "
-                   "than the multiplications a sparse backward saves, so do not expect speed below a few hundred "
-                   "neurons per layer. The Backward timing page measures where sparsity starts to pay.")
+            reference = ("No finished symmetric run with this configuration yet: start one (strategy Symmetric, "
+                         "same seed) to get a timing reference here.\n\n")
+        st.caption(reference + "Small networks are overhead-bound: top-k selection, indexing and Python overhead can "
+                   "cost more than the multiplications a sparse backward saves, so do not expect speed below a few "
+                   "hundred neurons per layer. The Backward timing page measures where sparsity starts to pay.")
     else:
         hidden = list(c["hidden"])
         n_layers = len(hidden) + (1 if c.get("sparse_output") else 0)
@@ -539,30 +522,31 @@ def live_view(run_id: int, was_live: bool) -> None:
                                          format_func=lambda i: f"layer {i + 1}") or 0
         else:
             layer = 0
-        records = store.masks(run_id, layer=layer, with_conn=bool(preset.connection))
-        n = records[-1]["n"] if records else (hidden[layer] if layer < len(hidden) else 0)
-        keep = keep_count(n, c["sparsity"]) if n else None
+        charts = watch.mask_charts(store, layer, hidden[layer] if layer < len(hidden) else 0,
+                                   lambda n: keep_count(n, c["sparsity"]), with_conn=bool(preset.connection))
         left, right = st.columns(2)
-        left.plotly_chart(figures.mask_heatmap(records, layer, n=n or None), key="train_fig_masks")
-        counts, n_records = figures.selection_counts(records, n) if n else ([], 0)
-        right.plotly_chart(figures.selection_figure(counts, n_records, layer, keep=keep), key="train_fig_selection")
+        ui_common.chart(left, charts["heatmap"], key="train_fig_masks")
+        ui_common.chart(right, charts["selection"], key="train_fig_selection")
         if preset.connection:
-            from asymviz.store import unpack_mask
-            snap = next((r for r in reversed(records) if r.get("conn")), None)
-            mask = unpack_mask(snap["conn"]) if snap else None
-            title = f"Connection mask at step {snap['step']}, layer {layer + 1}" if snap else "Connection mask"
-            st.plotly_chart(figures.connection_figure(mask, title=title), key="train_fig_conn")
+            ui_common.chart(st, charts["conn"], key="train_fig_conn")
             st.caption("Orange: weights of kept neurons that received gradient. " + (
                 "Excessive keeps, in each kept row, the connections with the largest |W|." if preset.connection == "weight"
                 else "Refined keeps whole input columns: the units most active over the batch."))
         st.caption(f"Masks are recorded at every step up to 200 and then sampled (about 1,000 per layer per run); "
-                   f"{n_records} recorded so far. The dashed line is what choosing k neurons at random would give.")
+                   f"{charts['records']} recorded so far. The dashed line is what choosing k neurons at random would give.")
 
 
 ui_lecture.run_panel(run, owner)  # Play / Pause / Step / Reset and the network as it learns
-live = run["status"] in ui.LIVE
-if live:
-    st.fragment(live_view, run_every=ui_common.refresh_seconds())(run["id"], True)
-else:
-    live_view(run["id"], False)
+with ui_common.page_run():  # a page being opened: its live view goes before other sessions' refreshes
+    try:
+        status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # as fresh as `run`
+    except Exception:  # deleted meanwhile: the view says so
+        status = run["status"]
+    if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
+        if status == "running":
+            ui_common.watching()  # counted before the interval is chosen
+        every = ui_common.refresh_for(status)
+        st.fragment(live_view, run_every=every)(run["id"], status, every)
+    else:
+        live_view(run["id"])
 ui_lecture.twins_panel(run)  # the run and its symmetric and dropout twins, overlaid

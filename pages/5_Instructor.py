@@ -15,7 +15,7 @@ import streamlit as st
 
 import ui_common
 import ui_lecture
-from asymviz import lab, owners, ui
+from asymviz import lab, live, owners, ui
 from asymviz.owners import ADMIN
 from asymviz.store import TERMINAL
 
@@ -143,6 +143,19 @@ if "instructor_pin_done" in ss:
     st.success(f"{ss.pop('instructor_pin_done')} has a new PIN.", icon=":material/key:")
 if "instructor_pin_problem" in ss:
     st.error(ss.pop("instructor_pin_problem"))
+
+# ------------------------------------------------------------------------------- live refresh
+
+st.subheader("Live refresh")
+r1, r2 = st.columns([3, 1], vertical_alignment="bottom")
+lo, hi = live.REFRESH_RANGE
+every = r1.number_input("Students' live views refresh every (seconds)", lo, hi, step=0.5, key="instructor_refresh",
+                        value=min(max(float(ui_common.refresh_seconds()), lo), hi))
+if r2.button("Apply to everyone", key="instructor_refresh_apply", use_container_width=True):
+    ui_common.set_lab_refresh(float(every))
+    st.success(f"Live views now refresh every {every:g} s; open pages follow within a few seconds.")
+st.caption("Every browser watching a run costs the server a little CPU at each refresh (README, \"How big a "
+           "machine\"): for a large class, refreshing less often leaves more of it to training.")
 
 # ------------------------------------------------------------------------------------ all runs
 

@@ -1,5 +1,6 @@
 """Figure builders are pure and bounded; the UI helpers round-trip configs through the URL."""
 
+import json
 import math
 
 import numpy as np
@@ -147,3 +148,44 @@ def test_compare_and_bench():
     assert list(fig.data[0].x) == [0.0, 0.5, 0.9]
     assert {"ideal (FLOP ratio)", "measured speedup"} <= {t.name for t in fig.data}
     assert not figures.bench_figure([]).data
+
+
+def _cases():
+    masks = [{"step": s, "layer": 0, "n": 300, "kept": np.array([s % 300, 5, 7])} for s in range(500)]
+    grid = {"x": [0.0, 1.0, 2.0], "y": [0.0, 1.0], "prob": [[[0.9, 0.1]] * 3, [[0.2, 0.8]] * 3]}
+    compact = {"x": [0.0, 1.0], "y": [0.0, 1.0], "cls": [[0, 0], [2, 1]], "conf": [[0.9, 0.5], [0.8, 0.34]]}
+    pts = np.random.default_rng(0).normal(size=(800, 2))
+    spiky = _steps(200)
+    spiky[50]["time/backward_ms"] = 500.0
+    return [
+        (figures.loss_figure, (_steps(900), _epochs(30))), (figures.loss_figure, ([], [])),
+        (figures.accuracy_figure, (_steps(900), _epochs(30))), (figures.accuracy_figure, ([], _epochs(3))),
+        (figures.gap_figure, (_epochs(70),)), (figures.gap_figure, ([],)),
+        (figures.timing_figure, (spiky, {"backward_ms_mean": 3.0, "label": "run #2"})), (figures.timing_figure, ([],)),
+        (figures.mask_heatmap, (masks,)), (figures.mask_heatmap, ([],)),
+        (figures.selection_figure, ([3] * 600, 500, 1, 30)), (figures.selection_figure, ([], 0)),
+        (figures.connection_figure, (np.eye(300, 600, dtype=bool),)), (figures.connection_figure, (None,)),
+        (figures.boundary_figure, (grid, pts, (pts[:, 0] > 0).astype(int), ["a", "b"])),
+        (figures.boundary_figure, (compact, None, None, None, "title", 3)), (figures.boundary_figure, (None,)),
+        (figures.compare_figure, ([("#1", _epochs(3)), ("#2", [])],)),
+    ]
+
+
+@pytest.mark.parametrize("builder, args", _cases(), ids=lambda v: getattr(v, "__name__", ""))
+def test_the_plain_spec_writes_the_same_json_as_the_validated_figure(builder, args):
+    import plotly.io as pio
+
+    text = figures.to_json(builder.spec(*args))
+    assert json.loads(text) == json.loads(pio.to_json(builder(*args)))
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_to_json_writes_arrays_as_plotly_does():
+    spec = {"data": [{"type": "scatter", "x": np.arange(3), "y": np.array([1.5, np.nan, 2], np.float32),
+                      "z": np.zeros((2, 3), np.uint8), "w": np.array([2**40]), "e": np.array([])}],
+            "layout": {"title": {"text": np.float64(1.5)}, "yaxis": {"range": [0, float("nan")]}}}
+    out = json.loads(figures.to_json(spec))
+    trace = out["data"][0]
+    assert trace["x"]["dtype"] == "i1" and trace["y"]["dtype"] == "f4" and trace["e"] == []
+    assert trace["z"]["shape"] == "2, 3" and trace["w"] == [2**40]  # plotly.js has no int64: a plain list
+    assert out["layout"]["title"]["text"] == 1.5 and out["layout"]["yaxis"]["range"] == [0, None]  # NaN: null

@@ -317,6 +317,7 @@ def test_steps_and_epochs_round_trip(store):
     assert store.epochs(run_id) == epochs
     assert [r["step"] for r in store.steps(run_id, since_step=7)] == [8, 9, 10]
     assert [r["step"] for r in store.steps(run_id, every=5)] == [0, 5, 10]
+    assert store.epochs(run_id, since_epoch=0) == epochs[1:] and store.epochs(run_id, since_epoch=2) == []
     assert store.steps(999) == [] and store.epochs(999) == []
 
 
@@ -380,6 +381,9 @@ def test_masks_filters_sampling_and_connection_snapshots(store):
     assert [m["step"] for m in sampled] == [0, 40, 90]
     assert [m["step"] for m in store.masks(run_id, max_steps=2)] == [0, 0, 90, 90]
     assert "conn" not in store.masks(run_id, with_conn=False)[0]
+    assert store.masks(run_id, layer=1, since_step=70) == [m for m in expected if m["layer"] == 1 and m["step"] > 70]
+    with pytest.raises(ValueError):
+        store.masks(run_id, max_steps=2, since_step=70)
 
     counts, n_records = store.layer_selection_counts(run_id, layer=1)
     tally = Counter(i for m in expected if m["layer"] == 1 for i in m["kept"])

@@ -81,25 +81,3 @@ def test_dataset_shape():
     assert ui.dataset_shape("mnist") == (784, 10, False)  # not downloaded just to count
     with pytest.raises(DataError):
         ui.dataset_shape("nope")
-
-
-def test_step_sampler_reads_incrementally_and_stays_bounded():
-    from asymviz.store import Store
-
-    store = Store(":memory:")
-    run_id = store.create_run({"dataset": "digits"}, owner="ana")
-    sampler = ui.StepSampler(run_id, max_points=50)
-    assert sampler.update(store) == []
-    step = 0
-    for chunk in (30, 70, 500, 5000):
-        with store.writer(run_id) as w:
-            for _ in range(chunk):
-                step += 1
-                w.add_step({"step": step, "train/loss": 1.0 / step})
-        records = sampler.update(store)
-        assert len(records) <= 100 and records[0]["step"] in (1, sampler.stride)
-        steps = [r["step"] for r in records]
-        assert steps == sorted(set(steps)) and all(s % sampler.stride == 0 for s in steps[1:])
-        assert step - steps[-1] < sampler.stride  # never more than a stride behind
-    late = ui.StepSampler(run_id, max_points=50)  # joining a long run: one strided read
-    assert 25 <= len(late.update(store)) <= 100
