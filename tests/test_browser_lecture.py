@@ -6,7 +6,7 @@ hidden layer, and a lesson link open with its controls hidden. Screenshots go to
 
 import re
 
-from test_browser import ARTIFACTS, _shot, _wait_for, browser, page, server  # noqa: F401  (fixtures)
+from test_browser import ARTIFACTS, _shot, _sign_in, _wait_for, browser, page, server  # noqa: F401  (fixtures)
 
 K = 4  # sparsity 0.5 of 8 neurons
 RUN = "/Train?dataset=moons&hidden=8,8&sparsity=0.5&epochs=200&batch_size=32&lr=0.01&seed=3&pace=5"
@@ -55,6 +55,7 @@ def _click(page, key: str) -> None:
 
 def test_pause_step_play_on_moons_and_the_network_picture(server, page):
     page.goto(server + RUN)
+    _sign_in(page)  # starting a run needs a signed-in name
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**run=*")
     _wait_for(page, lambda: (_step(page) or 0) > 2, "the run to take steps")
@@ -94,6 +95,7 @@ def test_a_lesson_link_opens_with_its_controls_hidden(server, page):
     assert "strategy=refined" in page.url and "lock=" in page.url  # the lesson lives in the URL
     _wait_for(page, lambda: not page.locator(".st-key-train_optimizer").is_visible(), "the optimizer to be hidden")
     assert page.locator(".st-key-train_strategy").is_visible()  # locked, still shown
+    _sign_in(page)
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**run=*")
     _wait_for(page, lambda: (_step(page) or 0) > 2, "the lesson's run to take steps")
