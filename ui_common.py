@@ -178,7 +178,7 @@ def submit(config: dict, owner: str) -> int:
 
 
 def refresh_seconds() -> float:
-    """How often live views poll the store: the interval the instructor set for the lab
+    """How often live views refresh: the interval the instructor set for the lab
     (Instructor page), else $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
     chosen = _lab_refresh()
     if chosen is not None:
@@ -216,32 +216,14 @@ QUEUED_REFRESH_S = 3.0  # a queued run is looked at less often; it starts at mos
 
 def refresh_for(status: str) -> float:
     """Seconds between a live view's refreshes: the lab's interval (refresh_seconds), at least
-    QUEUED_REFRESH_S while the run is queued, and while it runs, longer when more sessions watch
-    running runs than the server should refresh each second (asymviz.live.Watchers)."""
+    QUEUED_REFRESH_S while the run is queued."""
     every = refresh_seconds()
-    if status == "queued":
-        return max(every, QUEUED_REFRESH_S)
-    return max(every, _watchers(_store_key()).interval())
-
-
-def watching() -> None:
-    """This session has just drawn a running run: asymviz.live.Watchers counts it."""
-    import secrets
-    ss = st.session_state
-    if "live_session" not in ss:
-        ss["live_session"] = secrets.token_hex(8)
-    _watchers(_store_key()).seen(ss["live_session"])
+    return max(every, QUEUED_REFRESH_S) if status == "queued" else every
 
 
 def _store_key() -> str:
     from asymviz.store import default_path
     return str(default_path())
-
-
-@st.cache_resource
-def _watchers(path: str):
-    from asymviz.live import Watchers
-    return Watchers()
 
 
 @st.cache_resource

@@ -15,8 +15,7 @@ masks are recorded), then handed out as the same string to every session. Figure
 tests): a refresh costs a session a dictionary look-up per chart.
 
 `LiveRuns` holds one LiveRun per run, the least recently used dropped beyond `max_runs`.
-`Watchers` stretches the refresh when more sessions watch than the server should refresh each
-second; `read_refresh` / `write_refresh` keep the instructor's lab-wide refresh interval. Nothing here
+`read_refresh` / `write_refresh` keep the instructor's lab-wide refresh interval. Nothing here
 imports Streamlit (ui_common.py holds the registry for the dashboard).
 """
 
@@ -308,48 +307,6 @@ class LiveRuns:
 
     def __len__(self) -> int:
         return len(self._runs)
-
-
-# ----------------------------------------------------------------------------- watchers
-
-WATCH_BUDGET = 30.0  # refreshes of running runs' views a server makes per second, all sessions together
-WATCH_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)  # seconds
-
-
-class Watchers:
-    """The sessions watching running runs, and the refresh interval that keeps all of them within
-    `budget` refreshes a second: every step of WATCH_STEPS is short enough for the sessions seen
-    in the last few intervals. A refresh costs the server a few milliseconds of CPU whatever the
-    page holds (Streamlit starts a thread and sends the page's messages), so the budget caps what
-    watching takes from training: 30 a second is about a quarter of a core. The interval rises as
-    soon as more sessions watch, and falls only once a fifth of them have left, so a class near a
-    step does not make every page redraw back and forth."""
-
-    def __init__(self, budget: float = WATCH_BUDGET):
-        self.budget = float(budget)
-        self.level = WATCH_STEPS[0]
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def seen(self, session: str, now: float | None = None) -> None:
-        """Session `session` has just drawn a running run."""
-        with self._lock:
-            self._seen[session] = time.monotonic() if now is None else now
-
-    def interval(self, now: float | None = None) -> float:
-        """Seconds between refreshes that the sessions watching now can all have."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            window = 3 * self.level + 2  # a session refreshes at least once in it
-            self._seen = {k: t for k, t in self._seen.items() if now - t <= window}
-            need = len(self._seen) / self.budget
-            up = next((s for s in WATCH_STEPS if s >= need), WATCH_STEPS[-1])
-            down = next((s for s in WATCH_STEPS if s >= need * 1.25), WATCH_STEPS[-1])
-            if up > self.level:
-                self.level = up
-            elif down < self.level:
-                self.level = down
-            return self.level
 
 
 # ----------------------------------------------------------------------------- the lab's refresh

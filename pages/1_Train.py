@@ -18,6 +18,7 @@ from asymviz import ui
 from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
 from asymviz.sparse import keep_count
+from asymviz.store import RunNotFound
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
 
 ui_common.setup("Train", ":material/model_training:")
@@ -435,34 +436,37 @@ if run is None:
     st.stop()
 
 
-def live_view(run_id: int, shown: str | None = None, interval: float | None = None) -> None:
+def live_view(run_id: int, shown: str | None = None, lab: float | None = None) -> None:
     """Everything about one run, from its LiveRun (asymviz.live): shared by every session that
     watches the run, read from the store at most twice per refresh interval, each figure built
-    once per new data. As a fragment (run_every) while the run is live; `shown` is the status it
-    was started for and `interval` its refresh: when either no longer fits, the page reruns once
-    (a new timer, or none once the run has ended)."""
+    once per new data. As a fragment (run_every) while the run is live, started for the status
+    `shown` and the lab's refresh `lab` of that moment."""
     with ui_common.live_slot():  # a few sessions at a time (see there)
-        draw_run(run_id, shown, interval)
+        draw_run(run_id, shown, lab)
 
 
-def draw_run(run_id: int, shown: str | None, interval: float | None) -> None:
+def outdated(run: dict, shown: str, lab: float) -> bool:
+    """Whether the page should rerun to start the live view again: the run started or ended, or
+    the instructor changed the lab's refresh."""
+    return run["status"] != shown or ui_common.refresh_seconds() != lab
+
+
+def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
     watch = ui_common.live_run(run_id)
     try:
         view = watch.refresh(store, max_age=min(0.5, ui_common.refresh_seconds() / 2))
-    except Exception:
+    except RunNotFound:
         st.warning(f"Run {run_id} no longer exists.")
         return
+    except Exception as err:  # the store is unreachable: one sentence, the next refresh tries again
+        ui_common.error(err)
+        return
     run = view.run
-    if run["status"] == "running":
-        ui_common.watching()
-    if shown is not None and (run["status"] != shown or interval != ui_common.refresh_for(run["status"])):
-        st.rerun()  # started, ended, or the refresh changed: redraw the page once, with a new timer
+    if shown is not None and outdated(run, shown, lab):
+        st.rerun()  # redraw the page once, with a new timer (or none once the run has ended)
     c = run["config"]
     preset = STRATEGIES.get(c["strategy"])
     st.progress(ui.progress_of(run), text=ui.status_line(run, time.time()))
-    if shown == "running" and interval > ui_common.refresh_seconds():
-        st.caption(f"Many students are watching: this view refreshes every {interval:g} s so that training "
-                   "keeps its speed.")
     if run["status"] == "failed":
         st.error(run.get("error") or "The run failed.")
     last_step, last_epoch = view.last_step, view.last_epoch
@@ -540,13 +544,11 @@ ui_lecture.run_panel(run, owner)  # Play / Pause / Step / Reset and the network 
 with ui_common.page_run():  # a page being opened: its live view goes before other sessions' refreshes
     try:
         status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # as fresh as `run`
-    except Exception:  # deleted meanwhile: the view says so
+    except Exception:  # deleted meanwhile, or the store failed: the view says which
         status = run["status"]
     if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
-        if status == "running":
-            ui_common.watching()  # counted before the interval is chosen
         every = ui_common.refresh_for(status)
-        st.fragment(live_view, run_every=every)(run["id"], status, every)
+        st.fragment(live_view, run_every=every)(run["id"], status, ui_common.refresh_seconds())
     else:
         live_view(run["id"])
 ui_lecture.twins_panel(run)  # the run and its symmetric and dropout twins, overlaid

@@ -235,29 +235,3 @@ def test_lab_refresh_round_trips_and_refuses_out_of_range(tmp_path):
 def test_a_tampered_refresh_file_is_ignored_or_clamped(tmp_path, content, expected):
     (tmp_path / live.REFRESH_FILE).write_text(content)
     assert live.read_refresh(tmp_path) == expected
-
-
-def test_watchers_stretch_the_refresh_beyond_the_budget_and_come_back_with_a_margin():
-    w = live.Watchers(budget=10)
-    for i in range(10):
-        w.seen(f"s{i}", now=0.0)
-    assert w.interval(now=0.5) == 1.0  # ten sessions at 1 s: the budget
-    w.seen("s10", now=0.6)
-    assert w.interval(now=0.7) == 1.5  # one more: every 1.5 s
-    for i in range(11, 19):
-        w.seen(f"s{i}", now=0.8)
-    assert w.interval(now=0.9) == 2.0  # 19 sessions
-    for i in range(9):  # the others leave
-        w.seen(f"s{i}", now=7.0)
-    assert w.interval(now=7.5) == 2.0  # they count until 3 intervals + 2 s have passed
-    assert w.interval(now=9.0) == 1.5  # 9 sessions: 1 s fits, but not with a fifth to spare
-    w.seen("s0", now=9.1)
-    w._seen.pop("s8")
-    assert w.interval(now=9.2) == 1.0  # 8 sessions
-    for i in range(9, 12):
-        w.seen(f"s{i}", now=9.5)
-    assert w.interval(now=9.6) == 1.5  # 11 > 10: up at once
-    crowd = live.Watchers(budget=1)
-    for i in range(1000):
-        crowd.seen(str(i), now=0.0)
-    assert crowd.interval(now=0.0) == live.WATCH_STEPS[-1]  # never longer than the last step

@@ -61,16 +61,6 @@ def test_a_running_run_refreshes_on_the_labs_interval(home, timers):
     assert len(at.get("plotly_chart")) == 4  # loss, accuracy, gap, decision boundary
 
 
-def test_a_crowd_watching_stretches_the_refresh_and_the_page_says_so(home, timers):
-    from asymviz import live as live_module
-    crowd = ui_common._watchers(ui_common._store_key())
-    for i in range(int(live_module.WATCH_BUDGET) + 5):  # more watchers than a second's budget
-        crowd.seen(f"student-{i}")
-    at = watch(add_run(home, "running"))
-    assert timers == [1.5]
-    assert any("refreshes every 1.5 s" in c.value for c in at.caption)
-
-
 def test_a_queued_run_is_looked_at_less_often(home, timers):
     at = watch(add_run(home, "queued"))
     assert timers == [3.0] and "Queued" in at.get("progress")[0].proto.text
