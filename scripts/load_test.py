@@ -169,8 +169,10 @@ class Lab:
         return self.statuses(run_ids)
 
     def stop_runs(self, run_ids) -> None:
+        from asymviz.owners import ADMIN
+
         for i in run_ids:
-            self.runner.stop(i)
+            self.runner.stop(i, owner=ADMIN)  # the harness is the machine's own user
 
     def close(self) -> None:
         stop_session(self.proc, grace=30)
