@@ -181,6 +181,7 @@ def sidebar(flags: lessons.Flags, info) -> None:
 def start(config: dict, owner: str) -> int:
     """Queue the run (and its twins) at the sidebar's pace; the run's id. A locked field that
     differs, a limit, a bad config: an AsymvizError with one sentence, nothing queued."""
+    ui_common.check_can_train()  # no worker will ever train it: refuse, queue nothing
     ss = _ss()
     for field, value in (ss.get("lecture_locked") or {}).items():
         if config.get(field) != value:
@@ -201,6 +202,7 @@ def start(config: dict, owner: str) -> int:
 
 def try_it(owner: str) -> int:
     """Home's "Try it" run, at the toy sets' pace."""
+    ui_common.check_can_train()
     return pace.submit(ui_common.runner(), [dict(ui.TRY_IT_CONFIG)], owner=owner, speed=pace.TOY_SPEED)[0]
 
 
