@@ -290,30 +290,36 @@ def live_slot():
         yield
 
 
+def live_runs():
+    """The asymviz.live.LiveRuns of $ASYMVIZ_HOME's store, shared by every session."""
+    return _live_runs(_store_key())
+
+
 def live_run(run_id: int):
     """The run's asymviz.live.LiveRun (of $ASYMVIZ_HOME's store), shared by every session."""
-    return _live_runs(_store_key()).get(int(run_id))
+    return live_runs().get(int(run_id))
 
 
 FAST_CHARTS = True  # False: live charts go through st.plotly_chart (validated again, ~10x the CPU)
 
 
-def chart(where, chart, key: str) -> None:
+def chart(where, chart, key: str, config: dict | None = None) -> None:
     """Show an asymviz.live.Chart (plotly JSON built once for every session) in `where` (st or a
-    column). It sends the PlotlyChart element st.plotly_chart would send for the same figure,
-    with its defaults (theme, width, content height), without validating and serializing the
-    figure again for each session; tests/test_pages.py holds the two to the same element."""
+    column), with plotly's `config` (as st.plotly_chart's). It sends the PlotlyChart element
+    st.plotly_chart would send for the same figure, with its defaults (theme, width, content
+    height), without validating and serializing the figure again for each session;
+    tests/test_live_view.py holds the two to the same element."""
     if FAST_CHARTS:
         try:
-            _enqueue_plotly_json(where, chart.json, chart.height, key)
+            _enqueue_plotly_json(where, chart.json, chart.height, key, config)
             return
         except (ImportError, AttributeError, TypeError):  # Streamlit's internals moved: the plain path
             pass
     import json
-    where.plotly_chart(json.loads(chart.json), key=key)
+    where.plotly_chart(json.loads(chart.json), key=key, config=config)
 
 
-def _enqueue_plotly_json(dg, spec: str, height: int, key: str) -> None:
+def _enqueue_plotly_json(dg, spec: str, height: int, key: str, config: dict | None = None) -> None:
     import json
 
     from streamlit.elements.lib.form_utils import current_form_id
@@ -326,7 +332,7 @@ def _enqueue_plotly_json(dg, spec: str, height: int, key: str) -> None:
     proto.theme = "streamlit"
     proto.form_id = current_form_id(dg)
     proto.spec = spec
-    proto.config = json.dumps({})
+    proto.config = json.dumps(config or {})
     proto.id = compute_and_register_element_id(
         "plotly_chart", user_key=key, key_as_main_identity=False, dg=dg, plotly_spec=proto.spec,
         plotly_config=proto.config, selection_mode=("points", "box", "lasso"), is_selection_activated=False,

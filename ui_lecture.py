@@ -15,13 +15,14 @@ through the store (asymviz.pace), which the run's worker reads.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
 import streamlit as st
 
 import ui_common
-from asymviz import figures, figures_network, figures_twins, lessons, pace, snapshot, twins, ui
+from asymviz import lessons, pace, snapshot, twins, ui
 from asymviz.data import DATASETS
 from asymviz.errors import AsymvizError
 from asymviz.jobs import LimitExceeded
@@ -208,34 +209,34 @@ def try_it(owner: str) -> int:
 
 # ------------------------------------------------------------------------------ Train: the panel
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _points(name: str, options_json: str, split_seed: int):
-    from asymviz.data import load_dataset
-    data = load_dataset(name, json.loads(options_json), split_seed=split_seed)
-    idx = figures.downsample(list(range(len(data.y_train))), figures.MAX_SCATTER)
-    return data.x_train[idx].tolist(), data.y_train[idx].tolist(), list(data.class_names)
+NO_MODEBAR = {"displayModeBar": False}  # the network picture's plotly config
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _figures(run_id: int, step: int, heartbeat: float, points_key: tuple | None):
-    """(network figure, live boundary figure or None) of a run's snapshot at `step` (heartbeat:
-    the run's, so a snapshot rewritten at the same step is read again); cached, so a class
-    watching one run builds each picture once."""
-    snap = pace.snapshot(ui_common.store(), run_id)
-    network = figures_network.network_figure(snap)
-    boundary = None
-    if snap and snap.get("boundary") and points_key:
-        pts, labels, names = _points(*points_key)
-        boundary = figures.boundary_figure(snap["boundary"], pts, labels, names, n_classes=len(names),
-                                           title=f"Decision boundary at step {snap['step']:,}")
-    return network, boundary
+@functools.lru_cache(maxsize=32)
+def _shape(name: str, options_json: str, split_seed: int) -> tuple | None:
+    """(features, classes, is 2-D) of a dataset, None where it cannot load here (remembered too:
+    the panel does not load it again at every refresh)."""
+    try:
+        return ui.dataset_shape(name, json.loads(options_json), split_seed)
+    except Exception:
+        return None
 
 
-@st.cache_data(ttl=5, max_entries=32, show_spinner=False)
-def _summary(run_id: int, widths: tuple, keep: tuple, dense: tuple):
-    store = ui_common.store()
-    counts = [None if d else store.layer_selection_counts(run_id, layer) for layer, d in enumerate(dense)]
-    return figures_network.summary_figure(list(widths), counts, list(keep))
+def _max_age() -> float:
+    """How old a shared read of a run may be for a refresh (as the live view's)."""
+    return min(0.5, ui_common.refresh_seconds() / 2)
+
+
+def _group(watch, store) -> list[dict]:
+    """The rows of the run's twins group (itself alone without twins), oldest first, each read
+    through its run's shared reader (asymviz.live); runs deleted meanwhile left out."""
+    rows = []
+    for run_id in watch.group(store, _max_age()):
+        try:
+            rows.append(ui_common.live_run(run_id).refresh(store, _max_age()).run)
+        except AsymvizError:
+            continue
+    return rows
 
 
 def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
@@ -253,26 +254,45 @@ def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
     _ss()["train_selected"] = ids[0]
 
 
-def run_panel(run: dict, owner: str) -> None:
-    """Pace controls and the network as it learns, above the Train page's live view;
-    refreshed while the run is live (the controls act on its live twins too)."""
-    live = run["status"] in ui.LIVE
-    if live:
-        st.fragment(_panel, run_every=ui_common.refresh_seconds())(run["id"], owner)
+def run_panel(run: dict, owner: str, status: str | None = None) -> None:
+    """Pace controls and the network as it learns, above the Train page's live view (the
+    controls act on its live twins too). Read through the run's shared reader (asymviz.live):
+    whoever watches, the store is read once per refresh interval and each picture built once
+    per new snapshot. Refreshed as the live view is, for the run's `status` (as fresh as the
+    live view's): on the lab's interval while it trains, less often while it is queued, not at
+    all once it has ended (the live view starts the page again when the status changes)."""
+    status = status or run["status"]
+    if status in ui.LIVE:
+        st.fragment(_panel, run_every=ui_common.refresh_for(status))(run["id"], owner)
     else:
         _panel(run["id"], owner)
 
 
 def _panel(run_id: int, owner: str) -> None:
+    with ui_common.live_slot():  # as the live view: a few sessions at a time
+        reset = _draw_panel(run_id, owner)
+    if reset is not None:  # outside the slot: it waits for the runs to stop
+        where, args = reset
+        try:
+            _reset(*args)
+        except AsymvizError as err:
+            ui_common.error(err, where)
+        else:
+            st.rerun(scope="app")
+
+
+def _draw_panel(run_id: int, owner: str):
+    """Draw the panel; (where to say why, Reset's arguments) when Reset was pressed, else None."""
     ss, store = _ss(), ui_common.store()
+    watch = ui_common.live_run(run_id)
     try:
-        run = store.get_run(run_id)
-    except AsymvizError:
-        return
-    group = twins.group(store, run)
+        lecture = watch.lecture(store, _max_age())
+        group = _group(watch, store)
+    except Exception:  # deleted meanwhile, or the store failed: the live view below says which
+        return None
+    run, p, step = lecture.run, lecture.pace, lecture.step
     ids = [r["id"] for r in group if r["status"] in ui.LIVE]
     mine = run["owner"] == owner
-    p = pace.get(store, run_id)
     cols = st.columns([1, 1, 1, 1, 1, 2.2, 1.6], vertical_alignment="center")
     who = "" if mine else f" Only {run['owner']} can do this."
     can = mine and bool(ids)
@@ -285,30 +305,34 @@ def _panel(run_id: int, owner: str) -> None:
                    help="Pause, and train exactly one more batch." + who, args=("step", ids, owner), **act)
     cols[3].button("Epoch", key="lecture_step_epoch", icon=":material/fast_forward:", disabled=not can,
                    help="Pause, and train to the end of the current epoch." + who, args=("epoch", ids, owner), **act)
+    reset = None
     if cols[4].button("Reset", key="lecture_reset", icon=":material/restart_alt:", use_container_width=True,
                       disabled=not mine, help="Start this configuration again from its first step, paused "
                                               "(twins too)." + who):
-        try:
-            _reset(run, group, owner, p.speed)
-        except AsymvizError as err:
-            ui_common.error(err)
-        else:
-            st.rerun(scope="app")
+        reset = (st.empty(), (run, group, owner, p.speed))
     if ss.get("lecture_pace_error"):
         st.error(ss.pop("lecture_pace_error"))
-    p = pace.get(store, run_id)
     ss["lecture_run_speed"] = p.speed if p.speed in pace.SPEEDS else None
     cols[5].segmented_control("Speed", list(pace.SPEEDS), key="lecture_run_speed", format_func=SHORT_LABELS.get,
                               label_visibility="collapsed", disabled=not can, on_change=_speed_changed,
                               args=(ids, owner), help="Steps per second this run (and its twins) trains at "
                                                         "from now on.")
-    step = pace.last_step(store, run_id)
     total = _total_steps(run, step)
     with cols[6].container(key="lecture_step_counter"):
         st.markdown(f"Step **{step:,}**" + (f" of {total:,}" if total else ""))
     with st.container(key="lecture_pace_line"):
         st.caption(_pace_line(run, p, step))
-    _network(run, run["config"])
+    try:
+        _network(watch, lecture, store)
+    except Exception as err:  # the store failed: one sentence, the next refresh tries again
+        ui_common.error(err)
+    return reset
+
+
+def _touch(ids: list[int]) -> None:
+    """The runs' shared readers read them again at the next refresh (their pace changed)."""
+    for run_id in ids:
+        ui_common.live_run(run_id).touch()
 
 
 def _act(action: str, ids: list[int], owner: str) -> None:
@@ -323,6 +347,7 @@ def _act(action: str, ids: list[int], owner: str) -> None:
             pace.step(store, ids, epoch=action == "epoch", owner=owner)
     except AsymvizError as err:
         _ss()["lecture_pace_error"] = str(err)
+    _touch(ids)
 
 
 def _speed_changed(ids: list[int], owner: str) -> None:
@@ -332,6 +357,7 @@ def _speed_changed(ids: list[int], owner: str) -> None:
             pace.set_speed(ui_common.store(), ids, value, owner=owner)
         except AsymvizError as err:
             _ss()["lecture_pace_error"] = str(err)
+        _touch(ids)
 
 
 def _total_steps(run: dict, step: int) -> int | None:
@@ -359,23 +385,22 @@ def _pace_line(run: dict, p: pace.Pace, step: int) -> str:
     return f"{run['status'].capitalize()} after step {step:,}. **Reset** starts the same configuration again."
 
 
-def _network(run: dict, c: dict) -> None:
-    """The network picture (small networks) or its summary, and the live decision boundary."""
-    store = ui_common.store()
+def _network(watch, lecture, store) -> None:
+    """The network picture (small networks) or its summary, and the live decision boundary,
+    from the run's shared reader: built once per new snapshot (or new mask counts)."""
+    run = lecture.run
+    c = run["config"]
     info = DATASETS.get(c.get("dataset"))
     hidden = list(c.get("hidden") or [])
-    step = pace.snapshot_step(store, run["id"])
-    if step is not None:
+    if lecture.snapshot is not None:
         two_d = bool(info is not None and info.is_2d)
-        points_key = (c["dataset"], json.dumps(c.get("dataset_options") or {}, sort_keys=True),
-                      int(c.get("split_seed", 0))) if two_d else None
-        network, boundary = _figures(run["id"], step, run.get("heartbeat_at") or 0.0, points_key)
+        network, boundary = watch.network_charts(store, boundary=two_d)
         if boundary is not None:
             left, right = st.columns([3, 2])
-            left.plotly_chart(network, key="lecture_fig_network", config={"displayModeBar": False})
-            right.plotly_chart(boundary, key="lecture_fig_boundary")
+            ui_common.chart(left, network, key="lecture_fig_network", config=NO_MODEBAR)
+            ui_common.chart(right, boundary, key="lecture_fig_boundary")
         else:
-            st.plotly_chart(network, key="lecture_fig_network", config={"displayModeBar": False})
+            ui_common.chart(st, network, key="lecture_fig_network", config=NO_MODEBAR)
         st.caption("Every line is a weight, blue positive and red negative, thicker for larger: the forward pass "
                    "uses all of them. Orange is the backward pass at this step: the neurons that got gradient "
                    "(filled or ringed) and the connections whose weights got it (glowing). "
@@ -387,9 +412,8 @@ def _network(run: dict, c: dict) -> None:
     if preset is None or not preset.neuron_sparse:
         st.caption("This strategy's backward keeps every neuron, so there are no kept sets to draw.")
         return
-    try:
-        shape = ui.dataset_shape(c["dataset"], c.get("dataset_options") or {}, int(c.get("split_seed", 0)))
-    except Exception:  # a dataset that cannot load here: no summary
+    shape = _shape(c["dataset"], json.dumps(c.get("dataset_options") or {}, sort_keys=True), int(c.get("split_seed", 0)))
+    if shape is None:  # a dataset that cannot load here: no summary
         return
     widths = (shape[0], *hidden, shape[1])
     if snapshot.is_small(widths):
@@ -399,55 +423,61 @@ def _network(run: dict, c: dict) -> None:
     keep = tuple(ui.keep_per_layer(hidden, c.get("sparsity", 0.0))) + ((None,) if not c.get("sparse_output") else
                                                                         (ui.keep_per_layer([shape[1]], c["sparsity"])[0],))
     dense = tuple([False] * len(hidden) + [not c.get("sparse_output")])
-    st.plotly_chart(_summary(run["id"], widths, keep, dense), key="lecture_fig_summary")
+    ui_common.chart(st, watch.summary_chart(store, widths, keep, dense), key="lecture_fig_summary")
 
 
 # ------------------------------------------------------------------------------ Train: the twins
 
 def twins_panel(run: dict) -> None:
-    """The run and its twins overlaid (below the Train page's live view), live while any trains."""
-    store = ui_common.store()
-    group = twins.group(store, run)
-    if len(group) < 2:
+    """The run and its twins overlaid (below the Train page's live view), read through their
+    shared readers (asymviz.live.LiveRuns.twins: each chart built once per new data, whoever
+    watches). Refreshed while any of them trains (less often while they all wait in the
+    queue); once the last has ended, the page starts again and it is drawn once, untimed."""
+    try:
+        view = ui_common.live_runs().twins(ui_common.store(), run["id"], _max_age())
+    except Exception:  # deleted meanwhile, or the store failed: the live view says which
         return
-    live = any(r["status"] in ui.LIVE for r in group)
-    if live:
-        st.fragment(_twins, run_every=max(1.0, ui_common.refresh_seconds()))([r["id"] for r in group])
+    if len(view.runs) < 2:
+        return
+    status = _group_status(view.runs)
+    if status in ui.LIVE:
+        st.fragment(_twins, run_every=max(1.0, ui_common.refresh_for(status)))(run["id"], status,
+                                                                             ui_common.refresh_seconds())
     else:
-        _twins([r["id"] for r in group])
+        _twins(run["id"])
 
 
-def _twins(ids: list[int]) -> None:
-    store = ui_common.store()
-    runs = []
-    for run_id in ids:
-        try:
-            runs.append(store.get_run(run_id))
-        except AsymvizError:
-            continue
-    if len(runs) < 2:
+def _group_status(runs: list[dict]) -> str:
+    """"running" if any of the runs trains, else "queued" if any waits, else "ended"."""
+    statuses = {r["status"] for r in runs}
+    return next((s for s in ("running", "queued") if s in statuses), "ended")
+
+
+def _twins(run_id: int, shown: str | None = None, lab: float | None = None) -> None:
+    with ui_common.live_slot():  # as the live view: a few sessions at a time
+        _draw_twins(run_id, shown, lab)
+
+
+def _draw_twins(run_id: int, shown: str | None, lab: float | None) -> None:
+    try:
+        view = ui_common.live_runs().twins(ui_common.store(), run_id, _max_age())
+    except Exception:
         return
-    main = runs[0]["id"]
+    if shown is not None and (_group_status(view.runs) != shown or ui_common.refresh_seconds() != lab):
+        st.rerun()  # one started or the last one ended, or the lab's refresh changed: a new timer (or none)
+    if len(view.runs) < 2:
+        return
     st.subheader("Twins: the same configuration and seed, symmetric and with dropout")
-    labelled = []
-    for r in runs:
-        role = twins.role(r, main)
-        labelled.append((f"{ui.run_label(r)}", figures_twins.ROLE_COLORS.get(role, figures.REFERENCE), r))
-    epochs = {r["id"]: store.epochs(r["id"]) for r in runs}
-    steps = {r["id"]: store.steps_downsampled(r["id"], figures.MAX_POINTS) for r in runs}
     cols = st.columns(3)
-    cols[0].plotly_chart(figures_twins.twins_curve_figure([(lab, col, epochs[r["id"]]) for lab, col, r in labelled],
-                                                          "val/acc"), key="lecture_twins_acc")
-    cols[1].plotly_chart(figures_twins.twins_curve_figure([(lab, col, epochs[r["id"]]) for lab, col, r in labelled],
-                                                          "gap"), key="lecture_twins_gap")
-    cols[2].plotly_chart(figures_twins.twins_timing_figure([(lab, col, steps[r["id"]]) for lab, col, r in labelled]),
-                         key="lecture_twins_time")
+    ui_common.chart(cols[0], view.charts["val/acc"], key="lecture_twins_acc")
+    ui_common.chart(cols[1], view.charts["gap"], key="lecture_twins_gap")
+    ui_common.chart(cols[2], view.charts["timing"], key="lecture_twins_time")
     rows = []
-    for lab, _, r in labelled:
-        last = epochs[r["id"]][-1] if epochs[r["id"]] else {}
+    for r, last in zip(view.runs, view.last_epochs):
         s = r.get("summary") or {}
-        rows.append({"run": lab, "status": r["status"], "epoch": last.get("epoch"), "val acc": last.get("val/acc"),
-                     "gap": last.get("gap"), "test acc": s.get("test_acc"), "backward ms": s.get("backward_ms_mean")})
+        rows.append({"run": ui.run_label(r), "status": r["status"], "epoch": last.get("epoch"),
+                     "val acc": last.get("val/acc"), "gap": last.get("gap"), "test acc": s.get("test_acc"),
+                     "backward ms": s.get("backward_ms_mean")})
     st.dataframe(rows, hide_index=True, key="lecture_twins_table", column_config={
         "val acc": st.column_config.NumberColumn(format="percent"), "gap": st.column_config.NumberColumn(format="percent"),
         "test acc": st.column_config.NumberColumn(format="percent"),

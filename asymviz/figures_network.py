@@ -1,6 +1,7 @@
 """The network, live: pure functions from a network snapshot to a plotly Figure.
 
     fig = network_figure(pace.snapshot(store, run_id))     # a small network, neuron by neuron
+    spec = network_figure.spec(snapshot)                  # the same as a plain dict (figures.to_json)
     fig = summary_figure(widths, counts, keep)            # a larger one: how often neurons were kept
 
 `network_figure` draws every neuron as a circle and every connection as a line whose color is
@@ -91,14 +92,19 @@ def _edge_has_gradient(conn: dict | None, kept_order: dict, i: int, j: int) -> b
 # ------------------------------------------------------------------------------ the live network
 
 def network_figure(snapshot: dict | None, title: str | None = None) -> go.Figure:
-    """A small network at the snapshot's step (see the module docstring); a note when None."""
+    """A small network at the snapshot's step (see the module docstring); a note when None.
+    `network_figure.spec(...)` is the same figure as a plain dict, for `figures.to_json`."""
+    return go.Figure(_network_spec(snapshot, title))
+
+
+def _network_spec(snapshot: dict | None, title: str | None = None) -> dict:
     if not snapshot:
-        fig = go.Figure(layout=dict(template=TEMPLATE, height=320, xaxis=dict(visible=False),
-                                    yaxis=dict(visible=False), title=dict(text=title or "Network", x=0.0)))
-        fig.add_annotation(text="No picture of the network yet: it appears once the run has started.",
-                           showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
-                           font=dict(size=14, color=REFERENCE))
-        return fig
+        return {"data": [], "layout": dict(
+            template=TEMPLATE, height=320, xaxis=dict(visible=False), yaxis=dict(visible=False),
+            title=dict(text=title or "Network", x=0.0),
+            annotations=[dict(text="No picture of the network yet: it appears once the run has started.",
+                              showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                              font=dict(size=14, color=REFERENCE))])}
     widths = [int(w) for w in snapshot["widths"]]
     weights = [np.asarray(w, dtype=np.float32) for w in snapshot["weights"]]
     kept = _kept_sets(snapshot)
@@ -180,7 +186,10 @@ def network_figure(snapshot: dict | None, title: str | None = None) -> go.Figure
                   hovermode="closest", images=images,
                   xaxis=dict(visible=False, range=[-0.45, last + 0.45], fixedrange=True),
                   yaxis=dict(visible=False, range=[-y_span / 2, y_span / 2], fixedrange=True))
-    return go.Figure(data=data, layout=layout)
+    return {"data": data, "layout": layout}
+
+
+network_figure.spec = _network_spec
 
 
 def _heat_maps(snapshot: dict, columns: list, diameter: float) -> list[dict]:

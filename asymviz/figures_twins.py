@@ -51,7 +51,10 @@ def rolling_median(values: np.ndarray, window: int) -> np.ndarray:
     """The median of each value's trailing window (fewer at the start): per-step timings are noisy."""
     if window <= 1 or len(values) == 0:
         return values
-    return np.array([np.median(values[max(0, i - window + 1):i + 1]) for i in range(len(values))], dtype=np.float32)
+    values = np.asarray(values)
+    head = [np.median(values[:i + 1]) for i in range(min(window - 1, len(values)))]  # the short windows
+    full = np.median(np.lib.stride_tricks.sliding_window_view(values, window), axis=1) if len(values) >= window else []
+    return np.concatenate([np.asarray(head, dtype=np.float32), np.asarray(full, dtype=np.float32)])
 
 
 def twins_timing_figure(runs: Sequence[tuple[str, str, Sequence[dict]]], key: str = "time/backward_ms") -> go.Figure:

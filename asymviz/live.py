@@ -4,15 +4,21 @@
     view = watch.refresh(store, max_age=0.5)     # reads only the rows written since its last read
     view.run["status"], view.last_step, view.last_epoch
     chart = watch.chart("loss")                  # Chart(json, height): built once per new data
+    panel = watch.lecture(store, max_age=0.5)    # the lecture panel: pace, exact step, snapshot mark
+    network, boundary = watch.network_charts(store, boundary=True)   # the network as it learns
+    twins = runs.twins(store, run_id)            # a LiveRuns: the run and its twins overlaid
 
 A class of 60 students refreshing every second must not cost 60 store reads and 240 figure
 builds a second. So a run's live view is read from the store at most once per `max_age`
 seconds whoever asks (the run's row, the step records since the last step read, sampled by a
 StepSampler, and the epochs since the last epoch), and each figure is built and written to JSON
 once per version of the data it shows (the gap chart changes once an epoch, the masks when new
-masks are recorded), then handed out as the same string to every session. Figures go through
-`figures.<builder>.spec` and `figures.to_json`, the unvalidated path (validated once in the
-tests): a refresh costs a session a dictionary look-up per chart.
+masks are recorded, the network picture when a new snapshot is written), then handed out as the
+same string to every session. Figures go through `figures.<builder>.spec` and `figures.to_json`,
+the unvalidated path (validated once in the tests): a refresh costs a session a dictionary
+look-up per chart. The lecture panel (pace, exact step, network picture or the summary of a
+large network) and the twins view (a run and its symmetric and dropout twins, each read through
+its own LiveRun) are read and drawn the same way, and stop being read once their runs have ended.
 
 `LiveRuns` holds one LiveRun per run, the least recently used dropped beyond `max_runs`.
 `read_refresh` / `write_refresh` keep the instructor's lab-wide refresh interval. Nothing here
@@ -37,6 +43,9 @@ from asymviz import figures
 REFERENCE_EVERY_S = 15.0  # how often the timing view looks for a finished symmetric run
 REFRESH_FILE = "refresh.json"  # in $ASYMVIZ_HOME: the instructor's refresh interval
 REFRESH_RANGE = (0.5, 60.0)  # seconds an instructor may choose
+SUMMARY_EVERY_S = 5.0  # how often a large network's kept-neuron summary is read again
+SETTLE_S = 5.0  # after a run ends, its last network snapshot (written just after) is looked for this long
+LIVE = ("queued", "running")
 
 
 # ----------------------------------------------------------------------------- step records
@@ -95,21 +104,53 @@ class Chart:
     height: int
 
 
+@dataclass(frozen=True)
+class Lecture:
+    """What the lecture panel shows besides its pictures, as of one read of the store."""
+
+    run: dict  # the run's row, as View.run
+    pace: Any  # its asymviz.pace.Pace
+    step: int  # the last step it recorded (exact: View.last_step is the newest sampled one)
+    snapshot: tuple | None  # asymviz.pace.snapshot_mark of its network snapshot, None before the first
+
+
+@dataclass(frozen=True)
+class Twins:
+    """A run and its twins overlaid, as of one read of each."""
+
+    runs: tuple[dict, ...]  # the group's rows, the run that asked for twins first (deleted ones left out)
+    last_epochs: tuple[dict, ...]  # each one's newest epoch record ({} before the first)
+    charts: dict[str, Chart]  # "val/acc", "gap", "timing" ({} with fewer than two runs)
+
+
+def _to_chart(spec: dict) -> Chart:
+    """A figure's plain dict (a builder's `.spec`) as a Chart."""
+    return Chart(figures.to_json(spec), int(spec["layout"].get("height") or 450))
+
+
+def _figure_chart(fig) -> Chart:
+    """A validated go.Figure as a Chart: the JSON st.plotly_chart would send for it."""
+    import plotly.io as pio
+    return Chart(pio.to_json(fig, validate=False), int(fig.layout.height or 450))
+
+
 class _Masks:
     """One layer's mask records (step, n, kept indices), read incrementally, with running
-    selection counts and the newest connection-mask snapshot."""
+    selection counts and the newest connection-mask snapshot; keep_records=False: the counts
+    only (the summary of a large network)."""
 
-    def __init__(self, run_id: int, layer: int, with_conn: bool):
-        self.run_id, self.layer, self.with_conn = run_id, layer, with_conn
+    def __init__(self, run_id: int, layer: int, with_conn: bool, keep_records: bool = True):
+        self.run_id, self.layer, self.with_conn, self.keep_records = run_id, layer, with_conn, keep_records
         self.records: list[dict] = []
+        self.n_records = 0
+        self.last_step: int | None = None
         self.counts = np.zeros(0, dtype=np.int64)
         self.conn: dict | None = None  # {"step", "blob"}
         self.version = 0
         self.read_at = -math.inf
 
     def update(self, store) -> None:
-        since = self.records[-1]["step"] if self.records else None
-        new = store.masks(self.run_id, layer=self.layer, with_conn=self.with_conn, since_step=since)
+        new = store.masks(self.run_id, layer=self.layer, with_conn=self.with_conn, since_step=self.last_step)
         self.read_at = time.monotonic()
         for r in new:
             kept = np.asarray(r["kept"], dtype=np.int32)  # (k,)
@@ -117,7 +158,10 @@ class _Masks:
             if n > len(self.counts):
                 self.counts = np.concatenate([self.counts, np.zeros(n - len(self.counts), np.int64)])
             self.counts[kept[(kept >= 0) & (kept < n)]] += 1
-            self.records.append({"step": int(r["step"]), "n": n, "kept": kept})
+            self.n_records += 1
+            self.last_step = int(r["step"])
+            if self.keep_records:
+                self.records.append({"step": self.last_step, "n": n, "kept": kept})
             if r.get("conn"):
                 self.conn = {"step": int(r["step"]), "blob": r["conn"]}
         if new:
@@ -135,12 +179,22 @@ class LiveRun:
         self._epochs: list[dict] = []
         self._run: dict | None = None
         self._read_at = -math.inf
+        self._stale = False  # read at the next request, whatever its max_age
         self._steps_version = self._epochs_version = 0
         self._masks: dict[int, _Masks] = {}
         self._grid: tuple[Any, dict | None] = (None, None)  # ((epochs read, status) when fetched, grid)
         self._reference: tuple[float, dict | None] = (-math.inf, None)  # (when looked up, {id, summary})
         self._points = None  # the 2-D training points under the decision boundary
-        self._charts: dict[str, tuple[Any, Chart]] = {}
+        self._charts: dict[str, tuple[Any, Any]] = {}  # key -> (data version, Chart or charts)
+        self._ended_at: float | None = None  # when a read first found the run ended
+        self._lecture: Lecture | None = None
+        self._lecture_at = self._lecture_after = -math.inf  # when read, and the run read it followed
+        self._group: tuple[int, ...] = (run_id,)
+        self._group_after: float | None = None  # the run read after which the group was listed
+        self._group_final = False
+        self._counts: dict[int, _Masks] = {}  # per layer, for the summary of a large network
+        self._counts_at = -math.inf
+        self._twins_lock = threading.Lock()  # taken before the group's LiveRuns' own locks, never after
 
     # -- reading ----------------------------------------------------------------------
 
@@ -148,8 +202,8 @@ class LiveRun:
         """The view as of a read at most `max_age` seconds old (RunNotFound if the run is gone).
         A run that has ended is read once more and then never again."""
         with self._lock:
-            ended = self._run is not None and self._run["status"] not in ("queued", "running")
-            if not ended and time.monotonic() - self._read_at >= max_age:
+            ended = self._run is not None and self._run["status"] not in LIVE
+            if not ended and (self._stale or time.monotonic() - self._read_at >= max_age):
                 self._read(store)
             return View(self._run, self._sampler.records[-1] if self._sampler.records else {},
                         self._epochs[-1] if self._epochs else {})
@@ -165,7 +219,14 @@ class LiveRun:
             self._epochs.extend(new)
             self._epochs_version += 1
         self._run = run
-        self._read_at = time.monotonic()
+        self._read_at, self._stale = time.monotonic(), False
+        if self._ended_at is None and run["status"] not in LIVE:
+            self._ended_at = self._read_at
+
+    def touch(self) -> None:
+        """Read the run again at the next request, whatever its max_age (a page changed its pace)."""
+        with self._lock:
+            self._stale = True
 
     def _layer_masks(self, store, layer: int, with_conn: bool) -> _Masks:
         """One layer's masks (read only for layers someone looks at), read again after each
@@ -216,15 +277,18 @@ class LiveRun:
 
     # -- charts -----------------------------------------------------------------------
 
-    def _chart(self, key: str, version, build: Callable[[], dict]) -> Chart:
+    def _cached(self, key: str, version, build: Callable[[], Any]):
+        """build(), once per version of its data (under the lock: one build for every session)."""
         with self._lock:
             cached = self._charts.get(key)
             if cached is not None and cached[0] == version:
                 return cached[1]
-            spec = build()
-            chart = Chart(figures.to_json(spec), int(spec["layout"].get("height") or 450))
-            self._charts[key] = (version, chart)
-            return chart
+            value = build()
+            self._charts[key] = (version, value)
+            return value
+
+    def _chart(self, key: str, version, build: Callable[[], dict]) -> Chart:
+        return self._cached(key, version, lambda: _to_chart(build()))
 
     def chart(self, name: str) -> Chart:
         """"loss", "accuracy", "gap": the curves of the data read so far."""
@@ -285,6 +349,104 @@ class LiveRun:
                                                     title=title, n_classes=len(names))
             return self._chart("boundary", grid and grid["id"], build), grid
 
+    # -- the lecture panel --------------------------------------------------------------
+
+    def lecture(self, store, max_age: float = 0.5) -> Lecture:
+        """The lecture panel's view: the run's row (as `refresh`), its pace, its exact last step
+        and its snapshot's mark, read again after each read of the run (and, for SETTLE_S after
+        its end, at most once per max_age: the worker writes the last snapshot after the end)."""
+        from asymviz import pace
+        with self._lock:
+            view = self.refresh(store, max_age)
+            now = time.monotonic()
+            due = self._lecture is None or self._lecture_after < self._read_at
+            if not due and self._ended_at is not None:
+                due = now - self._ended_at <= SETTLE_S and now - self._lecture_at >= max_age
+            if due:
+                self._lecture = Lecture(view.run, pace.get(store, self.run_id), pace.last_step(store, self.run_id),
+                                        pace.snapshot_mark(store, self.run_id))
+                self._lecture_at, self._lecture_after = now, self._read_at
+            return self._lecture
+
+    def network_charts(self, store, boundary: bool) -> tuple[Chart, Chart | None]:
+        """(the network picture, the live decision boundary or None) of the run's snapshot as of
+        the last `lecture` read, built once per snapshot. boundary: draw it if the snapshot has
+        one (2-D data)."""
+        from asymviz import figures_network, pace
+        with self._lock:
+            mark = self._lecture.snapshot if self._lecture is not None else None
+
+            def build():
+                snap = pace.snapshot(store, self.run_id)
+                network = _to_chart(figures_network.network_figure.spec(snap))
+                if not (boundary and snap and snap.get("boundary")):
+                    return network, None
+                pts, labels, names = self.points()
+                return network, _to_chart(figures.boundary_figure.spec(
+                    snap["boundary"], pts, labels, names, n_classes=len(names),
+                    title=f"Decision boundary at step {snap['step']:,}"))
+            return self._cached("network", (mark, boundary), build)
+
+    def summary_chart(self, store, widths: tuple, keep: tuple, dense: tuple) -> Chart:
+        """A network too large to draw neuron by neuron: how often each neuron was kept
+        (figures_network.summary_figure); the counts are read incrementally, at most every
+        SUMMARY_EVERY_S, and once more after the run has ended."""
+        from asymviz import figures_network
+        with self._lock:
+            now = time.monotonic()
+            if self._ended_at is None:
+                due = now - self._counts_at >= SUMMARY_EVERY_S
+            else:  # once more after the end, then never
+                due = self._counts_at < self._ended_at
+            if due:
+                for layer, is_dense in enumerate(dense):
+                    if not is_dense:
+                        self._counts.setdefault(layer, _Masks(self.run_id, layer, False, keep_records=False)).update(store)
+                self._counts_at = now
+            layers = [None if d else self._counts.get(layer) for layer, d in enumerate(dense)]
+            version = (tuple(widths), tuple(keep), tuple(None if m is None else m.version for m in layers))
+            return self._cached("summary", version, lambda: _figure_chart(figures_network.summary_figure(
+                list(widths), [None if m is None else (m.counts.tolist(), m.n_records) for m in layers], list(keep))))
+
+    # -- twins --------------------------------------------------------------------------
+
+    def group(self, store, max_age: float = 0.5) -> tuple[int, ...]:
+        """The ids of the run's twins group, the run that asked for twins first ((run_id,) for a
+        run without twins). Twins are queued held and released together, so the group is
+        listed again (after a read of the run) only until the run has been seen released."""
+        from asymviz import twins
+        with self._lock:
+            run = self.refresh(store, max_age).run
+            if not self._group_final and (self._group_after is None or self._group_after < self._read_at):
+                if twins.is_twins_tag(run.get("tag")):
+                    self._group = tuple(sorted(r["id"] for r in store.list_runs(tag=run["tag"])))
+                self._group_after = self._read_at
+                self._group_final = not (run["status"] == "queued" and run.get("held") and not run.get("started_at"))
+            return self._group
+
+    def _data(self) -> tuple[tuple, list[dict], list[dict]]:
+        """((steps version, epochs version), the sampled step records, the epoch records)."""
+        with self._lock:
+            return (self._steps_version, self._epochs_version), list(self._sampler.records), list(self._epochs)
+
+    def twin_charts(self, members: list[tuple[LiveRun, View]]) -> dict[str, Chart]:
+        """The twins charts of `members` (this run first, as read by `LiveRuns.twins`), built once
+        per new data of any of them."""
+        from asymviz import figures_twins, twins, ui
+        main = members[0][1].run["id"]
+        styles = [(ui.run_label(v.run), figures_twins.ROLE_COLORS.get(twins.role(v.run, main), figures.REFERENCE))
+                  for _, v in members]
+        with self._twins_lock:
+            data = [watch._data() for watch, _ in members]
+            steps_key = tuple((watch, d[0][0]) for (watch, _), d in zip(members, data))
+            epochs_key = tuple((watch, d[0][1]) for (watch, _), d in zip(members, data))
+            curves = [(label, color, d[2]) for (label, color), d in zip(styles, data)]
+            out = {name: self._cached(f"twins:{name}", (epochs_key, styles), lambda name=name: _figure_chart(
+                figures_twins.twins_curve_figure(curves, name))) for name in ("val/acc", "gap")}
+            out["timing"] = self._cached("twins:timing", (steps_key, styles), lambda: _figure_chart(
+                figures_twins.twins_timing_figure([(label, color, d[1]) for (label, color), d in zip(styles, data)])))
+            return out
+
 
 class LiveRuns:
     """One LiveRun per run, shared by every session of a server; the least recently used are
@@ -307,6 +469,20 @@ class LiveRuns:
 
     def __len__(self) -> int:
         return len(self._runs)
+
+    def twins(self, store, run_id: int, max_age: float = 0.5) -> Twins:
+        """The run and its twins overlaid: each read through its own LiveRun, the charts held
+        by the group's first run's and built once per new data of any of them."""
+        from asymviz.errors import AsymvizError
+        members = []
+        for i in self.get(run_id).group(store, max_age):
+            watch = self.get(i)
+            try:
+                members.append((watch, watch.refresh(store, max_age)))
+            except AsymvizError:  # deleted meanwhile
+                continue
+        charts = members[0][0].twin_charts(members) if len(members) >= 2 else {}
+        return Twins(tuple(v.run for _, v in members), tuple(v.last_epoch for _, v in members), charts)
 
 
 # ----------------------------------------------------------------------------- the lab's refresh

@@ -169,10 +169,12 @@ def snapshot(store: Store, run_id: int) -> dict | None:
     return json.loads(rows[0]["data"]) if rows else None
 
 
-def snapshot_step(store: Store, run_id: int) -> int | None:
-    """The step of the run's latest snapshot (cheap: for cache keys), or None."""
-    rows = store._query("SELECT step FROM snapshots WHERE run_id = ?", (run_id,))
-    return rows[0]["step"] if rows else None
+def snapshot_mark(store: Store, run_id: int) -> tuple[int, int | None, int] | None:
+    """(step, epoch, size in bytes) of the run's latest snapshot, or None: cheap (no JSON is
+    decoded), for cache keys. The size tells apart, in practice, a snapshot written again at the
+    same step with other weights (the best epoch's, restored when a run stops early)."""
+    rows = store._query("SELECT step, epoch, length(data) AS size FROM snapshots WHERE run_id = ?", (run_id,))
+    return (rows[0]["step"], rows[0]["epoch"], rows[0]["size"]) if rows else None
 
 
 def write_snapshot(store: Store, run_id: int, data: dict) -> int:

@@ -540,15 +540,15 @@ def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
                    f"{charts['records']} recorded so far. The dashed line is what choosing k neurons at random would give.")
 
 
-ui_lecture.run_panel(run, owner)  # Play / Pause / Step / Reset and the network as it learns
-with ui_common.page_run():  # a page being opened: its live view goes before other sessions' refreshes
+with ui_common.page_run():  # a page being opened: its live parts go before other sessions' refreshes
     try:
         status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # as fresh as `run`
     except Exception:  # deleted meanwhile, or the store failed: the view says which
         status = run["status"]
+    ui_lecture.run_panel(run, owner, status)  # Play / Pause / Step / Reset and the network as it learns
     if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
         every = ui_common.refresh_for(status)
         st.fragment(live_view, run_every=every)(run["id"], status, ui_common.refresh_seconds())
     else:
         live_view(run["id"])
-ui_lecture.twins_panel(run)  # the run and its symmetric and dropout twins, overlaid
+    ui_lecture.twins_panel(run)  # the run and its symmetric and dropout twins, overlaid
