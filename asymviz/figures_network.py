@@ -183,9 +183,11 @@ def _network_spec(snapshot: dict | None, title: str | None = None) -> dict:
         "Network before its first step"
     layout = dict(template=TEMPLATE, height=height, margin=dict(l=10, r=10, t=top, b=bottom),
                   title=dict(text=title or default, x=0.0, font=dict(size=15)), showlegend=False,
-                  hovermode="closest", images=images,
+                  hovermode="closest",
                   xaxis=dict(visible=False, range=[-0.45, last + 0.45], fixedrange=True),
                   yaxis=dict(visible=False, range=[-y_span / 2, y_span / 2], fixedrange=True))
+    if images:  # (plotly leaves an empty list out)
+        layout["images"] = images
     return {"data": data, "layout": layout}
 
 

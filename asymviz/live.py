@@ -179,6 +179,7 @@ class LiveRun:
         self._epochs: list[dict] = []
         self._run: dict | None = None
         self._read_at = -math.inf
+        self._reads = 0  # reads of the run so far (what the lecture's and the group's reads follow)
         self._stale = False  # read at the next request, whatever its max_age
         self._steps_version = self._epochs_version = 0
         self._masks: dict[int, _Masks] = {}
@@ -188,9 +189,9 @@ class LiveRun:
         self._charts: dict[str, tuple[Any, Any]] = {}  # key -> (data version, Chart or charts)
         self._ended_at: float | None = None  # when a read first found the run ended
         self._lecture: Lecture | None = None
-        self._lecture_at = self._lecture_after = -math.inf  # when read, and the run read it followed
+        self._lecture_at, self._lecture_after = -math.inf, 0  # when read, and the run read it followed
         self._group: tuple[int, ...] = (run_id,)
-        self._group_after: float | None = None  # the run read after which the group was listed
+        self._group_after: int | None = None  # the run read after which the group was listed
         self._group_final = False
         self._counts: dict[int, _Masks] = {}  # per layer, for the summary of a large network
         self._counts_at = -math.inf
@@ -220,6 +221,7 @@ class LiveRun:
             self._epochs_version += 1
         self._run = run
         self._read_at, self._stale = time.monotonic(), False
+        self._reads += 1
         if self._ended_at is None and run["status"] not in LIVE:
             self._ended_at = self._read_at
 
@@ -359,13 +361,13 @@ class LiveRun:
         with self._lock:
             view = self.refresh(store, max_age)
             now = time.monotonic()
-            due = self._lecture is None or self._lecture_after < self._read_at
+            due = self._lecture is None or self._lecture_after != self._reads
             if not due and self._ended_at is not None:
                 due = now - self._ended_at <= SETTLE_S and now - self._lecture_at >= max_age
             if due:
                 self._lecture = Lecture(view.run, pace.get(store, self.run_id), pace.last_step(store, self.run_id),
                                         pace.snapshot_mark(store, self.run_id))
-                self._lecture_at, self._lecture_after = now, self._read_at
+                self._lecture_at, self._lecture_after = now, self._reads
             return self._lecture
 
     def network_charts(self, store, boundary: bool) -> tuple[Chart, Chart | None]:
@@ -417,10 +419,10 @@ class LiveRun:
         from asymviz import twins
         with self._lock:
             run = self.refresh(store, max_age).run
-            if not self._group_final and (self._group_after is None or self._group_after < self._read_at):
+            if not self._group_final and self._group_after != self._reads:
                 if twins.is_twins_tag(run.get("tag")):
                     self._group = tuple(sorted(r["id"] for r in store.list_runs(tag=run["tag"])))
-                self._group_after = self._read_at
+                self._group_after = self._reads
                 self._group_final = not (run["status"] == "queued" and run.get("held") and not run.get("started_at"))
             return self._group
 

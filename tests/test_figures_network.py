@@ -99,6 +99,27 @@ def test_twins_overlays():
     assert empty.layout.annotations[0].text == "No data yet"
 
 
+@pytest.mark.parametrize("n", [0, 1, 4, 7, 8, 9, 401])
+@pytest.mark.parametrize("window", [1, 2, 8])
+def test_rolling_median_is_each_trailing_windows_median(n, window):
+    values = np.random.default_rng(n).random(n).astype(np.float32)
+    if n > 5:
+        values[5] = np.nan  # a missing timing spoils its windows, as np.median has it
+    expected = np.array([np.median(values[max(0, i - window + 1):i + 1]) for i in range(n)], dtype=np.float32)
+    got = figures_twins.rolling_median(values, window)
+    assert len(got) == n and np.array_equal(got, expected, equal_nan=True)
+
+
+def test_network_spec_is_the_validated_figure():
+    import json
+
+    import plotly.io as pio
+
+    from asymviz import figures
+    for s in (snap(), snap(step=0, kept=[None, None]), snap(conn=[{"mask": [[1, 0], [0, 1]]}, None]), None):
+        assert json.loads(figures.to_json(fn.network_figure.spec(s))) == json.loads(pio.to_json(fn.network_figure(s)))
+
+
 def test_twin_configs():
     main = {"dataset": "moons", "hidden": [8], "strategy": "neuron", "sparsity": 0.9, "seed": 7}
     a, sym, drop = twins.twin_configs(main, 0.3)

@@ -90,7 +90,8 @@ def test_the_instructor_sets_the_refresh_for_everyone(home, timers, monkeypatch)
     assert timers == [4.0]
 
 
-def test_a_live_chart_is_the_element_st_plotly_chart_sends(home, monkeypatch):
+@pytest.mark.parametrize("config", [None, {"displayModeBar": False}])
+def test_a_live_chart_is_the_element_st_plotly_chart_sends(home, monkeypatch, config):
     """ui_common.chart sends the same PlotlyChart (spec, config, theme, layout) as st.plotly_chart
     with the figure validated; and with FAST_CHARTS off it is st.plotly_chart."""
     from streamlit.delta_generator import DeltaGenerator
@@ -111,12 +112,12 @@ def test_a_live_chart_is_the_element_st_plotly_chart_sends(home, monkeypatch):
         from asymviz import figures
         from asymviz.live import Chart
         epochs = [{"epoch": 1, "gap": 0.1}, {"epoch": 2, "gap": -0.05}]
-        path = st.session_state.get("path", "fast")
+        path, config = st.session_state.get("path", "fast"), st.session_state.get("config")
         if path == "plain":
-            st.plotly_chart(figures.gap_figure(epochs), key="gap")
+            st.plotly_chart(figures.gap_figure(epochs), key="gap", config=config)
         else:
             ui_common.FAST_CHARTS = path == "fast"
-            ui_common.chart(st, Chart(figures.to_json(figures.gap_figure.spec(epochs)), 320), key="gap")
+            ui_common.chart(st, Chart(figures.to_json(figures.gap_figure.spec(epochs)), 320), key="gap", config=config)
             ui_common.FAST_CHARTS = True
 
     monkeypatch.syspath_prepend(str(ROOT))
@@ -124,6 +125,7 @@ def test_a_live_chart_is_the_element_st_plotly_chart_sends(home, monkeypatch):
     for path in ("fast", "plain", "fallback"):
         at = AppTest.from_function(script, default_timeout=60)
         at.session_state["path"] = path
+        at.session_state["config"] = config
         at.run()
         assert not at.exception, at.exception
         [element] = at.get("plotly_chart")
@@ -134,6 +136,7 @@ def test_a_live_chart_is_the_element_st_plotly_chart_sends(home, monkeypatch):
         assert (a.config, a.theme, a.form_id, list(a.selection_mode)) == (b.config, b.theme, b.form_id,
                                                                           list(b.selection_mode))
         assert a.id.endswith("-gap") and a.id.startswith("$$ID-")
+        assert json.loads(a.config) == (config or {})
     assert layouts == [("stretch", 320)] * 3
 
 
