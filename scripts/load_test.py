@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/load_test.py --sessions 60 --seconds 120     # the README's table
     .venv/bin/python scripts/load_test.py --sessions 10 --seconds 20 --scenarios own,same --json
+    .venv/bin/python scripts/load_test.py --sessions 60 --seconds 120 --scenarios lecture --workers 3
 
 It starts the lab as a class gets it, `python -m asymviz serve` (the dashboard and a pool of
 --workers training processes) on 127.0.0.1 with a throw-away ASYMVIZ_HOME, and opens simulated
@@ -22,7 +23,11 @@ Scenarios (each prints one row):
           then an ended one; measured from the first session joining (the class joins over 10 s).
   same    every session watches the same long run while the other workers train others;
           measured once every session has loaded its page.
-Under `own` and `same`, a probe loads Home or Train in a fresh session every 2 s (page load: the
+  lecture as `same`, on a small network on two moons started with its symmetric and dropout
+          twins at the toy pace (as a lesson starts it): every page also draws the lecture panel's
+          network picture and live boundary, and the twins view (three workers train all three).
+          Not in the default set; its row also says how many sessions got those pictures.
+Under `own`, `same` and `lecture`, a probe loads Home or Train in a fresh session every 2 s (page load: the
 page's HTML, then the session's first run to its last delta).
 
 Columns: sessions; the refresh interval the server gave most sessions (it stretches when more
@@ -70,6 +75,9 @@ DIGITS = {"dataset": "digits", "hidden": [256, 256], "strategy": "neuron", "spar
 MOONS = {"dataset": "moons", "hidden": [32, 32], "strategy": "neuron", "sparsity": 0.5, "batch_size": 32, "lr": 0.01}
 STEPS_PER_EPOCH = {"digits": 20, "moons": 22}  # 1257 / 64 and 700 / 32 training examples per batch
 VIEWS = {"curves": None, "masks": "Gradient masks", "boundary": "Decision boundary"}
+LECTURE = {"dataset": "moons", "hidden": [8, 8], "strategy": "neuron", "sparsity": 0.5, "batch_size": 32, "lr": 0.01}
+LECTURE_CHARTS = ("lecture_fig_network", "lecture_fig_boundary", "lecture_twins_acc", "lecture_twins_time")
+SCENARIOS = ("views", "own", "same", "lecture")
 
 
 # ----------------------------------------------------------------------------- the server
@@ -129,6 +137,14 @@ class Lab:
 
     def submit(self, config: dict, epochs: int, owner: str) -> int:
         return self.runner.submit({**config, "epochs": int(epochs)}, owner=owner)
+
+    def submit_twins(self, config: dict, epochs: int, owner: str, speed: float) -> list[int]:
+        """The run and its symmetric and dropout twins, at `speed` steps per second, as the
+        Train page's Start queues them with "Compare with symmetric and dropout" on."""
+        from asymviz import pace, twins
+
+        configs = twins.twin_configs({**config, "epochs": int(epochs)})
+        return pace.submit(self.runner, configs, owner=owner, speed=speed, tag=twins.new_tag())
 
     def steps_done(self, run_ids) -> int:
         ids = list(run_ids)
@@ -209,6 +225,7 @@ class Session:
         self.closed = False
         self.paused = False  # a measuring device: the tab stays open but asks for nothing
         self.interval: float | None = None  # the refresh interval the server set last
+        self.charts: set[str] = set()  # the keys of the charts this tab was sent
 
     def _rerun(self, fragment_id: str = "", auto: bool = False):
         from streamlit.proto.BackMsg_pb2 import BackMsg
@@ -311,7 +328,9 @@ class Session:
             return
         el = delta.new_element
         which = el.WhichOneof("type")
-        if which == "exception":
+        if which == "plotly_chart":
+            self.charts.add(el.plotly_chart.id.rsplit("-", 1)[-1])  # "$$ID-<hash>-<key>"
+        elif which == "exception":
             self.errors.append(f"exception: {el.exception.type}: {el.exception.message}")
         elif which == "alert" and el.alert.format == el.alert.ERROR:
             self.errors.append(f"error on the page: {el.alert.body}")
@@ -509,7 +528,8 @@ def summarize(sessions: list[Session], m: dict, idle_rate: float, t0: float) -> 
             "cpu_ms_per_refresh": 1000 * cpu / refreshes if refreshes else None,
             "server_cores": m["cpu_s"] / m["seconds"], "client_cores": m["client_cores"],
             "rss_mb": m["rss_mb"], "rss_max_mb": m["rss_max_mb"], "steps_per_s": m["steps_per_s"],
-            "errors": len(errors), "error_samples": sorted(set(errors))[:5], "seconds": m["seconds"]}
+            "errors": len(errors), "error_samples": sorted(set(errors))[:5], "seconds": m["seconds"],
+            "lecture_pictures": sum(all(k in s.charts for k in LECTURE_CHARTS) for s in sessions)}
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -631,6 +651,30 @@ async def scenario_same(lab: Lab, args, per_worker: float, idle: float, rows: li
     rows.append((f"{n} sessions, all on one run", row))
 
 
+async def scenario_lecture(lab: Lab, args, per_worker: float, idle: float, rows: list) -> None:
+    """Every session watches one small run on two moons with its twins, at the toy pace."""
+    from asymviz.pace import TOY_SPEED
+
+    n = args.sessions
+    outlast = args.seconds + 6 * args.baseline_seconds + 60
+    epochs = 10 * max(1, int(outlast * TOY_SPEED / STEPS_PER_EPOCH["moons"]))
+    group = lab.submit_twins(LECTURE, epochs, "teacher", TOY_SPEED)
+    others = [lab.submit(DIGITS, 10 * epochs_for("digits", outlast, per_worker), "teacher")
+              for _ in range(max(0, args.workers - len(group)))]
+    runs = group + others
+    lab.wait_running(runs[:min(len(runs), args.workers)], 120)
+    specs = [("Train", f"run={group[0]}", None)] * n
+    row = await watch(lab, specs, args.seconds, runs, idle, probe=True, spread=min(10.0, args.seconds / 4),
+                      alternate=args.baseline_seconds)
+    training = sum(s == "running" for s in lab.statuses(runs).values())
+    lab.stop_runs(runs)
+    states = lab.wait_ended(runs, 60)
+    row["runs"] = f"{training}/{len(runs)} trained throughout, then stopped" + \
+        ("" if all(s == "stopped" for s in states.values()) else f" ({', '.join(states.values())})")
+    row["throughput_pct"] = 100 * row["steps_per_s"] / row["steps_per_s_alone"]
+    rows.append((f"{n} sessions, all on one lecture run and its twins", row))
+
+
 # ----------------------------------------------------------------------------------- output
 
 
@@ -676,6 +720,9 @@ def notes(rows: list[tuple[str, dict]]) -> list[str]:
         if r.get("client_cores") and r.get("sessions", 0) > 1:
             out.append(f"{name}: this harness used {100 * r['client_cores']:.0f} % of a core, the server "
                        f"{100 * r['server_cores']:.0f} %.")
+        if "lecture run" in name:
+            out.append(f"{name}: {r.get('lecture_pictures', 0)} of {r.get('sessions', 0)} sessions got the network "
+                       "picture, the live boundary and the twins' charts.")
         for sample in r.get("error_samples") or []:
             out.append(f"{name}: error: {sample}")
     return out
@@ -698,7 +745,8 @@ async def main_async(args) -> list:
         print(f"no session: {rate:.0f} steps/s, server {1000 * idle:.1f} ms CPU per s", file=sys.stderr)
         per_worker = rate / args.workers
         for name in args.scenarios:
-            await {"views": scenario_views, "own": scenario_own, "same": scenario_same}[name](
+            await {"views": scenario_views, "own": scenario_own, "same": scenario_same,
+                   "lecture": scenario_lecture}[name](
                 lab, args, per_worker, idle, rows)
             print(table(rows), file=sys.stderr)
         problems = lab.log_errors()
@@ -713,7 +761,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=60, help=f"simulated sessions (1 to {MAX_SESSIONS}; default 60)")
     parser.add_argument("--seconds", type=float, default=120.0, help="how long they watch, per scenario (5 to 900; default 120)")
-    parser.add_argument("--scenarios", default="views,own,same", help="comma-separated: views, own, same (default all)")
+    parser.add_argument("--scenarios", default="views,own,same",
+                        help="comma-separated: views, own, same, lecture (default views,own,same)")
     parser.add_argument("--workers", type=int, default=2, help="training worker processes (default 2)")
     parser.add_argument("--refresh", type=float, help="ASYMVIZ_REFRESH_S for the server (default: its default)")
     parser.add_argument("--view-seconds", type=float, default=20.0, help="seconds per view in the views scenario")
@@ -732,9 +781,9 @@ def main() -> None:
         problems.append("--view-seconds and --baseline-seconds must be from 2 to 300")
     if not 1 <= args.workers <= 16:
         problems.append(f"--workers must be from 1 to 16, got {args.workers}")
-    unknown = set(args.scenarios) - {"views", "own", "same"}
+    unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown or not args.scenarios:
-        problems.append(f"--scenarios takes views, own and same, got {', '.join(sorted(unknown)) or 'none'}")
+        problems.append(f"--scenarios takes views, own, same and lecture, got {', '.join(sorted(unknown)) or 'none'}")
     if problems:
         print("load_test.py: " + "; ".join(problems) + ".", file=sys.stderr)
         raise SystemExit(2)

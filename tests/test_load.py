@@ -1,5 +1,6 @@
 """scripts/load_test.py, short: ten simulated browser sessions speaking Streamlit's own protocol
-watch their own runs, then all watch one run, on a lab started as `python -m asymviz serve`.
+watch their own runs, then all watch one run (and three a lecture run with its twins), on a lab
+started as `python -m asymviz serve`.
 Every session keeps getting updates, every run finishes (or, watched by all, trains through
 the window) and nothing errors. Timings are the
 script's table to read (README, "How big a machine"), never asserted here."""
@@ -34,11 +35,24 @@ def test_ten_sessions_get_updates_and_nothing_errors():
     assert same["refreshes"] >= 10 * 5 and same["p95_s"] is not None  # fragment reruns, timed
 
 
+def test_sessions_on_a_lecture_run_get_its_pictures_and_nothing_errors():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sessions", "3", "--seconds", "10", "--scenarios", "lecture",
+                           "--baseline-seconds", "2", "--no-browser", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row["scenario"]: row for row in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert "server log" not in rows, rows.get("server log")
+    (row,) = [row for name, row in rows.items() if "lecture run" in name]
+    assert row["errors"] == 0, row["error_samples"]
+    assert row["lecture_pictures"] == 3 and row["fewest_updates"] >= 2, row  # panel, boundary and twins on each
+    assert row["refreshes"] >= 3 * 3
+
+
 @pytest.mark.parametrize("argv, sentence", [
     (["--sessions", "0"], "--sessions must be from 1 to 200, got 0"),
     (["--sessions", "5000"], "--sessions must be from 1 to 200, got 5000"),
     (["--seconds", "100000"], "--seconds must be from 5 to 900"),
-    (["--scenarios", "views,everything"], "--scenarios takes views, own and same, got everything"),
+    (["--scenarios", "views,everything"], "--scenarios takes views, own, same and lecture, got everything"),
 ])
 def test_bad_arguments_are_one_sentence(argv, sentence):
     proc = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
