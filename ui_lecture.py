@@ -21,7 +21,7 @@ import time
 import streamlit as st
 
 import ui_common
-from asymviz import figures, figures_network, figures_twins, lessons, pace, snapshot, twins, ui
+from asymviz import figures, figures_network, figures_twins, lessons, pace, snapshot, twins, pagekit
 from asymviz.data import DATASETS
 from asymviz.errors import AsymvizError
 from asymviz.jobs import LimitExceeded
@@ -59,7 +59,7 @@ def arrive() -> lessons.Flags:
     ss = _ss()
     params = st.query_params.to_dict()
     slug = params.get("lesson")
-    if slug in lessons.LESSONS and not ui.has_config(params):
+    if slug in lessons.LESSONS and not pagekit.has_config(params):
         part = params.get("part", "1")
         part = int(part) if part.isdigit() and 1 <= int(part) <= len(lessons.LESSONS[slug].parts) else 1
         params = lessons.query(slug, part)
@@ -68,7 +68,7 @@ def arrive() -> lessons.Flags:
         return ss.get("lecture_flags") or lessons.Flags()
     if lessons.has_flags(params):
         flags, problems = lessons.parse_flags(params)
-        link_config = ui.full_config(ui.config_from_query(params)[0])
+        link_config = pagekit.full_config(pagekit.config_from_query(params)[0])
         ss["lecture_locked"] = {f: link_config[f] for f in flags.locked_fields()}
         ss["lecture_problems"] = problems
         ss["lecture_flags"] = flags
@@ -87,7 +87,7 @@ def enforce(flags: lessons.Flags, apply_config, read_config) -> None:
         try:
             current = read_config()
         except (KeyError, TypeError, ValueError):  # widgets not set up yet: the locked values over the defaults
-            current = ui.full_config({})
+            current = pagekit.full_config({})
         if any(current.get(f) != v for f, v in locked.items()):
             apply_config({**current, **locked})
     rules = []
@@ -203,7 +203,7 @@ def start(config: dict, owner: str) -> int:
 def try_it(owner: str) -> int:
     """Home's "Try it" run, at the toy sets' pace."""
     ui_common.check_can_train()
-    return pace.submit(ui_common.runner(), [dict(ui.TRY_IT_CONFIG)], owner=owner, speed=pace.TOY_SPEED)[0]
+    return pace.submit(ui_common.runner(), [dict(pagekit.TRY_IT_CONFIG)], owner=owner, speed=pace.TOY_SPEED)[0]
 
 
 # ------------------------------------------------------------------------------ Train: the panel
@@ -243,10 +243,10 @@ def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
     their first step, then watch the new run."""
     runner = ui_common.runner()
     for r in group:
-        if r["status"] in ui.LIVE:
+        if r["status"] in pagekit.LIVE:
             runner.stop(r["id"], owner=owner)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(runner.store.get_run(r["id"])["status"] in ui.LIVE for r in group):
+    while time.monotonic() < deadline and any(runner.store.get_run(r["id"])["status"] in pagekit.LIVE for r in group):
         time.sleep(0.1)  # a stopping run still counts against the limits
     tag = twins.new_tag() if len(group) > 1 else None
     ids = pace.submit(runner, [r["config"] for r in group], owner=owner, speed=speed, paused=True, tag=tag)
@@ -256,7 +256,7 @@ def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
 def run_panel(run: dict, owner: str) -> None:
     """Pace controls and the network as it learns, above the Train page's live view;
     refreshed while the run is live (the controls act on its live twins too)."""
-    live = run["status"] in ui.LIVE
+    live = run["status"] in pagekit.LIVE
     if live:
         st.fragment(_panel, run_every=ui_common.refresh_seconds())(run["id"], owner)
     else:
@@ -270,7 +270,7 @@ def _panel(run_id: int, owner: str) -> None:
     except AsymvizError:
         return
     group = twins.group(store, run)
-    ids = [r["id"] for r in group if r["status"] in ui.LIVE]
+    ids = [r["id"] for r in group if r["status"] in pagekit.LIVE]
     mine = run["owner"] == owner
     p = pace.get(store, run_id)
     cols = st.columns([1, 1, 1, 1, 1, 2.2, 1.6], vertical_alignment="center")
@@ -388,16 +388,16 @@ def _network(run: dict, c: dict) -> None:
         st.caption("This strategy's backward keeps every neuron, so there are no kept sets to draw.")
         return
     try:
-        shape = ui.dataset_shape(c["dataset"], c.get("dataset_options") or {}, int(c.get("split_seed", 0)))
+        shape = pagekit.dataset_shape(c["dataset"], c.get("dataset_options") or {}, int(c.get("split_seed", 0)))
     except Exception:  # a dataset that cannot load here: no summary
         return
     widths = (shape[0], *hidden, shape[1])
     if snapshot.is_small(widths):
-        st.caption("The network picture appears once a worker has started the run." if run["status"] in ui.LIVE
+        st.caption("The network picture appears once a worker has started the run." if run["status"] in pagekit.LIVE
                    else "No picture of the network was recorded for this run.")
         return
-    keep = tuple(ui.keep_per_layer(hidden, c.get("sparsity", 0.0))) + ((None,) if not c.get("sparse_output") else
-                                                                        (ui.keep_per_layer([shape[1]], c["sparsity"])[0],))
+    keep = tuple(pagekit.keep_per_layer(hidden, c.get("sparsity", 0.0))) + ((None,) if not c.get("sparse_output") else
+                                                                        (pagekit.keep_per_layer([shape[1]], c["sparsity"])[0],))
     dense = tuple([False] * len(hidden) + [not c.get("sparse_output")])
     st.plotly_chart(_summary(run["id"], widths, keep, dense), key="lecture_fig_summary")
 
@@ -410,7 +410,7 @@ def twins_panel(run: dict) -> None:
     group = twins.group(store, run)
     if len(group) < 2:
         return
-    live = any(r["status"] in ui.LIVE for r in group)
+    live = any(r["status"] in pagekit.LIVE for r in group)
     if live:
         st.fragment(_twins, run_every=max(1.0, ui_common.refresh_seconds()))([r["id"] for r in group])
     else:
@@ -432,7 +432,7 @@ def _twins(ids: list[int]) -> None:
     labelled = []
     for r in runs:
         role = twins.role(r, main)
-        labelled.append((f"{ui.run_label(r)}", figures_twins.ROLE_COLORS.get(role, figures.REFERENCE), r))
+        labelled.append((f"{pagekit.run_label(r)}", figures_twins.ROLE_COLORS.get(role, figures.REFERENCE), r))
     epochs = {r["id"]: store.epochs(r["id"]) for r in runs}
     steps = {r["id"]: store.steps_downsampled(r["id"], figures.MAX_POINTS) for r in runs}
     cols = st.columns(3)
@@ -466,11 +466,11 @@ def runs_twins(runs: list[dict]) -> None:
     tags = list(groups)
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     tag = c1.selectbox("Twins", tags, key="runs_twins_pick",
-                       format_func=lambda t: " · ".join(ui.run_label(r) for r in groups[t]),
+                       format_func=lambda t: " · ".join(pagekit.run_label(r) for r in groups[t]),
                        help="Runs started with their symmetric and dropout twins (same configuration and seed).")
     if c2.button("Open together", key="runs_twins_open", icon=":material/compare:", use_container_width=True):
         main = groups[tag][0]
-        st.switch_page(TRAIN, query_params={**ui.config_to_query(main["config"]), ui.RUN_PARAM: str(main["id"])})
+        st.switch_page(TRAIN, query_params={**pagekit.config_to_query(main["config"]), pagekit.RUN_PARAM: str(main["id"])})
 
 
 # --------------------------------------------------------------------------------- Home, Instructor

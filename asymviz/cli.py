@@ -760,7 +760,7 @@ def _train_cells(spec, runner, args, say) -> str:
     import time
 
     from asymviz import experiment as ex
-    from asymviz.ui import format_duration
+    from asymviz.pagekit import format_duration
 
     exp_id = ex.launch(spec, runner, owner=args.owner)
     store = runner.store
