@@ -15,6 +15,7 @@ import torch
 import ui_common
 import ui_lecture
 from asymviz import pagekit
+from asymviz.config import sparsity_problem
 from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
 from asymviz.sparse import keep_count
@@ -277,7 +278,7 @@ if preset.neuron_sparse:
     sb.slider("Sparsity", 0.0, 1.0, step=0.01, key="train_sparsity",
               help="The fraction of each hidden layer's neurons left out of the backward pass: "
                    "k = max(1, round((1 - s) n)) neurons are kept.")
-    problem = pagekit.sparsity_problem(ss["train_sparsity"])
+    problem = sparsity_problem(ss["train_sparsity"])
     if problem:
         errors["sparsity"] = problem
         sb.error(problem)
@@ -287,7 +288,7 @@ if preset.connection:
     sb.slider("Connection sparsity", 0.0, 1.0, step=0.01, key="train_conn_sparsity",
               help="Within each kept neuron, the fraction of connections left out: by smallest |W| (excessive) "
                    "or by least active input (refined).")
-    problem = pagekit.sparsity_problem(ss["train_conn_sparsity"], "Connection sparsity", "connection")
+    problem = sparsity_problem(ss["train_conn_sparsity"], "Connection sparsity", "connection")
     if problem:
         errors["conn_sparsity"] = problem
         sb.error(problem)

@@ -15,6 +15,7 @@ import torch
 
 import ui_common
 from asymviz import figures, pagekit
+from asymviz.config import sparsities as parse_sparsities
 from asymviz.strategies import STRATEGIES
 
 ui_common.setup("Backward timing", ":material/timer:")
@@ -40,9 +41,10 @@ with st.sidebar:
                     help="Neurons per hidden layer. Sparsity pays from roughly a thousand neurons up on a CPU.")
     st.number_input("Batch size", 1, 4096, value=128, step=32, key="bench_batch")
     st.text_input("Sparsities", value="0, 0.5, 0.9, 0.95, 0.99", key="bench_sparsities",
-                  help="Comma-separated fractions of neurons left out of the backward (at most 8).")
+                  help="Fractions of neurons left out of the backward, each in [0, 1), separated by commas, "
+                       "semicolons or spaces (at most 8, so the measurement stays short).")
     try:
-        sparsities = pagekit.parse_sparsities(ss["bench_sparsities"])
+        sparsities = parse_sparsities(ss["bench_sparsities"], at_most=8)
         sparsity_error = None
     except Exception as err:
         sparsities, sparsity_error = [], pagekit.friendly_error(err)

@@ -25,6 +25,8 @@ def test_bad_query_values_become_sentences():
                                              "epochs": ["3", "4"]})
     assert config == {"seed": 7, "epochs": 4}
     assert len(problems) == 2 and all(p.endswith(".") and "\n" not in p for p in problems)
+    assert "The link's value `lots` for sparsity was not understood, so the default 0.9 is used; sparsity takes a " \
+           "number in [0, 1)." in problems
     assert pagekit.run_from_query({"run": "12"}) == 12
     assert pagekit.run_from_query({"run": "x"}) is None and pagekit.run_from_query({}) is None
     assert pagekit.has_config({"seed": "1"}) and not pagekit.has_config({"run": "1"})
@@ -35,19 +37,10 @@ def test_validate_and_sentences():
     assert cfg is None and err and "\n" not in err
     cfg, err = pagekit.validate(pagekit.full_config({}))
     assert err is None and cfg.dataset == "digits"
-    assert pagekit.sparsity_problem(1.0).startswith("Sparsity 1.00 would leave no neuron")
-    assert pagekit.sparsity_problem(0.99) is None
     assert pagekit.keep_per_layer([256, 10], 0.9) == [26, 1]
     assert "26 of 256" in pagekit.keep_caption([256], 0.9)
     assert pagekit.friendly_error(ConfigError("Bad.")) == "Bad."
     assert "Traceback" not in pagekit.friendly_error(RuntimeError("boom"))
-
-
-def test_parse_sparsities():
-    assert pagekit.parse_sparsities("0.9, 0, 0.5 0.5") == [0.0, 0.5, 0.9]
-    for bad in ["", "0.5, x", "1.0", "-0.1"]:
-        with pytest.raises(ConfigError):
-            pagekit.parse_sparsities(bad)
 
 
 def test_run_helpers():
