@@ -22,12 +22,12 @@ def _answer(read):
         return "ok", read()
     except ConfigError as err:
         return "no", str(err)
-    except (TypeError, ValueError) as err:  # TrainConfig.validated on some hostile values (frozen)
+    except (TypeError, ValueError) as err:  # TrainConfig.validated on some hostile values
         return "crash", type(err).__name__
 
 
 def _differs_by_design(name, value, ours, theirs) -> bool:
-    """Where config's rule is the sensible one and TrainConfig.validated (frozen) is not: a JSON
+    """Where config's rule is the sensible one and TrainConfig.validated is not: a JSON
     boolean is no number; sparse_output is yes or no, not Python's bool() of anything; loader
     options are an object (or its JSON text); a dropout given as text 'auto' / '' / None is the strategy's own."""
     number_field = config.TRAIN_FIELDS[name].accepts.startswith("a number") or name == "dropout"

@@ -127,8 +127,9 @@ SPEC_ONE = {"batch_size": "batch_size", "epochs": "epochs", "hidden": "hidden", 
             "optimizer": "optimizer", "device": "device", "split_seed": "split_seed"}
 SPEC_LIST = {"sparsity": ("sparsities", "speed_sparsities"), "lr": ("lrs",), "batch_size": ("speed_widths",)}
 
-# Where two frozen checks disagree, or one fails with a bare ValueError instead of a sentence:
-# written down here (each case fails the test the day it is fixed, so it is taken off the list).
+# Where TrainConfig.validated and the experiment spec still disagree with each other, or one fails
+# with a bare ValueError instead of a sentence (each case fails the test the day it is fixed, so it
+# is taken off the list then).
 KNOWN = {
     ("batch_size", "64.0", "spec"): "spec._int reads integral float text ('64.0'); TrainConfig._integer does not",
     ("batch_size", "+64", "spec"): "spec._int reads a leading '+'; TrainConfig._integer does not",
@@ -326,7 +327,7 @@ def test_the_table_covers_every_context():
 # ------------------------------------------------------------------------------ the known gaps
 
 
-@pytest.mark.xfail(strict=True, reason="asymviz.model.parse_architecture (frozen) deletes the blanks in "
+@pytest.mark.xfail(strict=True, reason="asymviz.model.parse_architecture deletes the blanks in "
                                        "'16 16' and reads one layer of 1616; it should refuse it or read 16,16")
 def test_widths_with_a_blank_are_not_run_together():
     assert config.TRAIN_FIELDS["hidden"].read("16 16") != [1616]
@@ -335,14 +336,14 @@ def test_widths_with_a_blank_are_not_run_together():
 @pytest.mark.parametrize("field,value", [("lr", True), ("sparsity", False), ("momentum", True)])
 def test_a_json_boolean_is_no_number(field, value):
     """config refuses true/false as a number (as the spec does); TrainConfig.validated still
-    reads them as 1.0 / 0.0 (train._number and sparse.check_sparsity, frozen: see the report)."""
+    reads them as 1.0 / 0.0 (train._number, sparse.check_sparsity)."""
     with pytest.raises(FieldError, match="must be a number"):
         config.TRAIN_FIELDS[field].read(value)
 
 
 @pytest.mark.parametrize("value", ["no", "false", "0"])
 def test_sparse_output_text_no_is_no(value):
-    """config reads 'no' as False; TrainConfig.validated's bool('no') would be True (frozen)."""
+    """config reads 'no' as False; TrainConfig.validated's bool('no') is True."""
     assert config.TRAIN_FIELDS["sparse_output"].read(value) is False
     assert pagekit.config_from_query({"sparse_output": value})[0] == {"sparse_output": False}
 
