@@ -1,6 +1,6 @@
-"""One vocabulary for input: every value a user gives goes through one parser here, whether it
-comes from the command line, a link's query parameters, a dashboard widget, an experiment spec
-or an environment variable, so the same value gets the same answer and the same sentence.
+"""One vocabulary for input: a parser for each kind of value a user gives (a number in a range, a
+whole number, a sparsity, a name from a list, yes or no, hidden widths, lists of them, environment
+variables), each with its one sentence, so the same value gets the same answer wherever it is read.
 
     sparsity("0.9")                      # 0.9; FieldError "sparsity must be in [0, 1) (...), got '1'."
     sparsities("0.5 0.9")                # [0.5, 0.9]: a list splits on commas, semicolons and spaces
@@ -8,15 +8,17 @@ or an environment variable, so the same value gets the same answer and the same 
     TRAIN_FIELDS["lr"].help              # 'learning rate; a number in (0, 10] (default 0.001)'
     env_int("ASYMVIZ_WORKERS", 4)        # an environment variable, by the same rules
 
-A refused value raises `asymviz.errors.FieldError`: one sentence saying what was wrong and what
-is accepted (its `accepts`). The rules are those of the checks every run and experiment pass:
-a single value as `TrainConfig.validated` takes it (same answer, same sentence), a list as the
-experiment spec (`asymviz.experiment.spec`) takes its lists.
+A refused value raises `asymviz.errors.FieldError`: one sentence saying what was wrong, and its
+`accepts` says what would be right. The rules are those of the checks every run and experiment
+pass: one value as `TrainConfig.validated` takes it, a list as the experiment spec
+(`asymviz.experiment.spec`) takes its lists, with the same sentences; tests/test_config_vocabulary.py
+holds every reader to them and names the cases where those two checks still differ.
 
 `TRAIN_FIELDS` describes each field of `asymviz.train.TrainConfig`: its type and default come from
 the dataclass, its help from the field's comment there (or `HELP` below where the comment is for
 programmers), its range from `TRAIN_RULES`. The CLI's `train` / `submit` flags and the Train
-page's URL parser (`asymviz.pagekit.config_from_query`) are generated from it.
+page's URL parser (`asymviz.pagekit.config_from_query`) are generated from it; `bench` and the
+Backward timing page read their lists with `sparsities` / `integers` / `names`.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ def dropout(value: Any, name: str = "dropout") -> float | None:
 
 
 def dataset_name(value: Any, name: str = "dataset") -> str:
+    """A dataset name: any non-empty text here (the loader says which names exist)."""
     if not isinstance(value, str) or not value:
         raise FieldError(f"dataset must be a dataset name, got {value!r}.", name, value, "a dataset name")
     return value
