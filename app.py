@@ -13,7 +13,7 @@ def main() -> None:
 
     import ui_common
     import ui_lecture
-    from asymviz import figures, ui
+    from asymviz import figures, pagekit
 
     ui_common.setup("Home", ":material/neurology:")
     owner = ui_common.owner()
@@ -51,8 +51,8 @@ def main() -> None:
         except Exception as err:  # a limit, a full queue: one sentence, nothing launched
             ui_common.error(err)
         else:
-            config = ui.full_config(ui.TRY_IT_CONFIG)
-            st.switch_page("pages/1_Train.py", query_params={**ui.config_to_query(config), ui.RUN_PARAM: str(run_id)})
+            config = pagekit.full_config(pagekit.TRY_IT_CONFIG)
+            st.switch_page("pages/1_Train.py", query_params={**pagekit.config_to_query(config), pagekit.RUN_PARAM: str(run_id)})
 
     ui_lecture.home_lessons()
 

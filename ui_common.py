@@ -2,7 +2,7 @@
 
 Shared, thread-safe objects live in `st.cache_resource` (the job runner and its store, the
 benchmark thread); per-browser state (the name this session signed in as) in `st.session_state`. Everything that
-does not need Streamlit is in `asymviz.ui` and `asymviz.lab`, where it is unit-tested.
+does not need Streamlit is in `asymviz.pagekit` and `asymviz.lab`, where it is unit-tested.
 
 `setup()` is also the lab's access gate: with ASYMVIZ_PASSWORD set (or ASYMVIZ_AUTH=oidc) a
 page renders nothing but the password form (or the login button) until the session is in.
@@ -23,7 +23,7 @@ import time
 
 import streamlit as st
 
-from asymviz import lab, owners, ui
+from asymviz import lab, owners, pagekit
 from asymviz.errors import AsymvizError
 
 WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
@@ -439,7 +439,7 @@ def _sign_in() -> None:
     try:
         claim = owners.sign_in(store(), name, pin)
     except Exception as err:
-        ss["owner_problem"] = ui.friendly_error(err)
+        ss["owner_problem"] = pagekit.friendly_error(err)
         return
     ss["owner_claim"] = {"name": claim["name"], "stamp": claim["stamp"]}
     if claim["claimed"]:
@@ -453,4 +453,4 @@ def _sign_out() -> None:
 
 def error(err: BaseException, where=None) -> None:
     """Show an exception as one sentence (never a traceback)."""
-    (where or st).error(ui.friendly_error(err), icon=":material/error:")
+    (where or st).error(pagekit.friendly_error(err), icon=":material/error:")

@@ -22,7 +22,7 @@ import time
 import streamlit as st
 
 import ui_common
-from asymviz import lessons, pace, snapshot, twins, ui
+from asymviz import lessons, pace, pagekit, snapshot, twins
 from asymviz.data import DATASETS
 from asymviz.errors import AsymvizError
 from asymviz.jobs import LimitExceeded
@@ -60,7 +60,7 @@ def arrive() -> lessons.Flags:
     ss = _ss()
     params = st.query_params.to_dict()
     slug = params.get("lesson")
-    if slug in lessons.LESSONS and not ui.has_config(params):
+    if slug in lessons.LESSONS and not pagekit.has_config(params):
         part = params.get("part", "1")
         part = int(part) if part.isdigit() and 1 <= int(part) <= len(lessons.LESSONS[slug].parts) else 1
         params = lessons.query(slug, part)
@@ -69,7 +69,7 @@ def arrive() -> lessons.Flags:
         return ss.get("lecture_flags") or lessons.Flags()
     if lessons.has_flags(params):
         flags, problems = lessons.parse_flags(params)
-        link_config = ui.full_config(ui.config_from_query(params)[0])
+        link_config = pagekit.full_config(pagekit.config_from_query(params)[0])
         ss["lecture_locked"] = {f: link_config[f] for f in flags.locked_fields()}
         ss["lecture_problems"] = problems
         ss["lecture_flags"] = flags
@@ -88,7 +88,7 @@ def enforce(flags: lessons.Flags, apply_config, read_config) -> None:
         try:
             current = read_config()
         except (KeyError, TypeError, ValueError):  # widgets not set up yet: the locked values over the defaults
-            current = ui.full_config({})
+            current = pagekit.full_config({})
         if any(current.get(f) != v for f, v in locked.items()):
             apply_config({**current, **locked})
     rules = []
@@ -204,7 +204,7 @@ def start(config: dict, owner: str) -> int:
 def try_it(owner: str) -> int:
     """Home's "Try it" run, at the toy sets' pace."""
     ui_common.check_can_train()
-    return pace.submit(ui_common.runner(), [dict(ui.TRY_IT_CONFIG)], owner=owner, speed=pace.TOY_SPEED)[0]
+    return pace.submit(ui_common.runner(), [dict(pagekit.TRY_IT_CONFIG)], owner=owner, speed=pace.TOY_SPEED)[0]
 
 
 # ------------------------------------------------------------------------------ Train: the panel
@@ -217,7 +217,7 @@ def _shape(name: str, options_json: str, split_seed: int) -> tuple | None:
     """(features, classes, is 2-D) of a dataset, None where it cannot load here (remembered too:
     the panel does not load it again at every refresh)."""
     try:
-        return ui.dataset_shape(name, json.loads(options_json), split_seed)
+        return pagekit.dataset_shape(name, json.loads(options_json), split_seed)
     except Exception:
         return None
 
@@ -244,10 +244,10 @@ def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
     their first step, then watch the new run."""
     runner = ui_common.runner()
     for r in group:
-        if r["status"] in ui.LIVE:
+        if r["status"] in pagekit.LIVE:
             runner.stop(r["id"], owner=owner)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(runner.store.get_run(r["id"])["status"] in ui.LIVE for r in group):
+    while time.monotonic() < deadline and any(runner.store.get_run(r["id"])["status"] in pagekit.LIVE for r in group):
         time.sleep(0.1)  # a stopping run still counts against the limits
     tag = twins.new_tag() if len(group) > 1 else None
     ids = pace.submit(runner, [r["config"] for r in group], owner=owner, speed=speed, paused=True, tag=tag)
@@ -262,7 +262,7 @@ def run_panel(run: dict, owner: str, status: str | None = None) -> None:
     live view's): on the lab's interval while it trains, less often while it is queued, not at
     all once it has ended (the live view starts the page again when the status changes)."""
     status = status or run["status"]
-    if status in ui.LIVE:
+    if status in pagekit.LIVE:
         st.fragment(_panel, run_every=ui_common.refresh_for(status))(run["id"], owner)
     else:
         _panel(run["id"], owner)
@@ -291,7 +291,7 @@ def _draw_panel(run_id: int, owner: str):
     except Exception:  # deleted meanwhile, or the store failed: the live view below says which
         return None
     run, p, step = lecture.run, lecture.pace, lecture.step
-    ids = [r["id"] for r in group if r["status"] in ui.LIVE]
+    ids = [r["id"] for r in group if r["status"] in pagekit.LIVE]
     mine = run["owner"] == owner
     cols = st.columns([1, 1, 1, 1, 1, 2.2, 1.6], vertical_alignment="center")
     who = "" if mine else f" Only {run['owner']} can do this."
@@ -417,11 +417,11 @@ def _network(watch, lecture, store) -> None:
         return
     widths = (shape[0], *hidden, shape[1])
     if snapshot.is_small(widths):
-        st.caption("The network picture appears once a worker has started the run." if run["status"] in ui.LIVE
+        st.caption("The network picture appears once a worker has started the run." if run["status"] in pagekit.LIVE
                    else "No picture of the network was recorded for this run.")
         return
-    keep = tuple(ui.keep_per_layer(hidden, c.get("sparsity", 0.0))) + ((None,) if not c.get("sparse_output") else
-                                                                        (ui.keep_per_layer([shape[1]], c["sparsity"])[0],))
+    keep = tuple(pagekit.keep_per_layer(hidden, c.get("sparsity", 0.0))) + ((None,) if not c.get("sparse_output") else
+                                                                        (pagekit.keep_per_layer([shape[1]], c["sparsity"])[0],))
     dense = tuple([False] * len(hidden) + [not c.get("sparse_output")])
     ui_common.chart(st, watch.summary_chart(store, widths, keep, dense), key="lecture_fig_summary")
 
@@ -440,7 +440,7 @@ def twins_panel(run: dict) -> None:
     if len(view.runs) < 2:
         return
     status = _group_status(view.runs)
-    if status in ui.LIVE:
+    if status in pagekit.LIVE:
         st.fragment(_twins, run_every=max(1.0, ui_common.refresh_for(status)))(run["id"], status,
                                                                              ui_common.refresh_seconds())
     else:
@@ -475,7 +475,7 @@ def _draw_twins(run_id: int, shown: str | None, lab: float | None) -> None:
     rows = []
     for r, last in zip(view.runs, view.last_epochs):
         s = r.get("summary") or {}
-        rows.append({"run": ui.run_label(r), "status": r["status"], "epoch": last.get("epoch"),
+        rows.append({"run": pagekit.run_label(r), "status": r["status"], "epoch": last.get("epoch"),
                      "val acc": last.get("val/acc"), "gap": last.get("gap"), "test acc": s.get("test_acc"),
                      "backward ms": s.get("backward_ms_mean")})
     st.dataframe(rows, hide_index=True, key="lecture_twins_table", column_config={
@@ -496,11 +496,11 @@ def runs_twins(runs: list[dict]) -> None:
     tags = list(groups)
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     tag = c1.selectbox("Twins", tags, key="runs_twins_pick",
-                       format_func=lambda t: " · ".join(ui.run_label(r) for r in groups[t]),
+                       format_func=lambda t: " · ".join(pagekit.run_label(r) for r in groups[t]),
                        help="Runs started with their symmetric and dropout twins (same configuration and seed).")
     if c2.button("Open together", key="runs_twins_open", icon=":material/compare:", use_container_width=True):
         main = groups[tag][0]
-        st.switch_page(TRAIN, query_params={**ui.config_to_query(main["config"]), ui.RUN_PARAM: str(main["id"])})
+        st.switch_page(TRAIN, query_params={**pagekit.config_to_query(main["config"]), pagekit.RUN_PARAM: str(main["id"])})
 
 
 # --------------------------------------------------------------------------------- Home, Instructor

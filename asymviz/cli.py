@@ -35,35 +35,23 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- train flags
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """Flags that describe a run (shared by `train` and `submit`). Defaults come from TrainConfig."""
-    from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
+    """Flags that describe a run (shared by `train` and `submit`): one per TrainConfig field, named,
+    described and checked by asymviz.config.TRAIN_FIELDS; the dataset's options come as
+    --data-option KEY=VALUE, or --csv FILE with --label."""
+    from asymviz.config import TRAIN_FIELDS
 
     p.add_argument("--config", metavar="FILE", help="start from a run config saved as JSON; flags override it")
-    p.add_argument("--dataset", help="dataset name (see `python -m asymviz datasets`); default digits")
-    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset loader option, e.g. noise=0.3 or n_samples=500 (repeatable)")
-    p.add_argument("--csv", metavar="PATH", help="train on a CSV file: numeric features plus --label column")
-    p.add_argument("--label", help="label column of --csv")
-    p.add_argument("--hidden", help="hidden widths '256,256', or a full architecture '64-256-256-10'")
-    p.add_argument("--activation", help="relu | tanh | sigmoid | gelu")
-    p.add_argument("--strategy", help=" | ".join(STRATEGIES))
-    p.add_argument("--sparsity", type=float, help="neuron sparsity s in [0, 1): keep max(1, round((1-s) n))")
-    p.add_argument("--conn-sparsity", type=float, help="connection sparsity c in [0, 1) (excessive, refined)")
-    p.add_argument("--selection", help=" | ".join(SELECTIONS))
-    p.add_argument("--granularity", help=" | ".join(GRANULARITIES))
-    p.add_argument("--dropout", type=float, help="forward dropout p (default: 0.5 for the dropout strategy, else 0)")
-    p.add_argument("--sparse-output", action="store_const", const=True, help="make the output layer asymmetric too")
-    p.add_argument("--optimizer", help="sgd | momentum | adam")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--momentum", type=float, help="momentum of the momentum optimizer")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--update", help="lazy (dropped entries stay frozen; default) | dense")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--patience", type=int, help="early stopping on validation accuracy; 0 = off")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--split-seed", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda")
+    for field in TRAIN_FIELDS.values():
+        if field.name == "dataset_options":
+            p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                           help="dataset loader option, e.g. noise=0.3 or n_samples=500 (repeatable)")
+            p.add_argument("--csv", metavar="PATH", help="train on a CSV file: numeric features plus --label column")
+            p.add_argument("--label", help="label column of --csv")
+        elif field.type in (bool, "bool"):
+            p.add_argument(field.flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                           help=field.help.replace("%", "%%"))
+        else:
+            p.add_argument(field.flag, dest=field.name, help=field.help.replace("%", "%%"))
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -79,7 +67,9 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def config_from_args(args: argparse.Namespace):
-    """A validated TrainConfig from train flags (and an optional --config file)."""
+    """A validated TrainConfig from train flags (and an optional --config file); a refused flag
+    value is its field's one sentence (asymviz.config)."""
+    from asymviz.config import TRAIN_FIELDS
     from asymviz.train import TrainConfig
 
     base = TrainConfig()
@@ -89,11 +79,8 @@ def config_from_args(args: argparse.Namespace):
                 base = TrainConfig.from_json(f.read())
         except OSError as e:
             raise CliError(f"Cannot read the config file {args.config}: {e.strerror}.") from None
-    fields = {f: getattr(args, f) for f in ("dataset", "activation", "strategy", "sparsity", "conn_sparsity",
-                                              "selection", "granularity", "dropout", "sparse_output", "optimizer",
-                                              "lr", "momentum", "weight_decay", "update", "batch_size", "epochs",
-                                              "patience", "seed", "split_seed", "device")}
-    changes = {k: v for k, v in fields.items() if v is not None}
+    changes = {name: field.read(getattr(args, name)) for name, field in TRAIN_FIELDS.items()
+               if name not in ("dataset_options", "hidden") and getattr(args, name) is not None}
     options = dict(base.dataset_options) if "dataset" not in changes else {}
     options.update(dict(_parse_option(o) for o in args.data_option))
     if args.csv:
@@ -111,15 +98,17 @@ def config_from_args(args: argparse.Namespace):
 
 def _hidden(spec: str, dataset: str, options: dict, split_seed: int) -> list[int]:
     """Hidden widths; a full 'in-...-out' spec is checked against the dataset's sizes."""
+    from asymviz.config import widths
     from asymviz.model import parse_architecture
 
+    hidden = widths(spec)  # one sentence if malformed, before any data is loaded
     text = spec.replace(" ", "")
     if "-" in text and "," not in text:
         from asymviz.data import load_dataset
 
         data = load_dataset(dataset, options, split_seed=split_seed, local_files=True)
         return parse_architecture(text, data.n_features, data.n_classes)
-    return parse_architecture(text)
+    return hidden
 
 
 # ----------------------------------------------------------------------------- train
@@ -173,19 +162,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- bench
 
-def _csv_list(text: str, cast, flag: str) -> list:
-    try:
-        return [cast(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise CliError(f"{flag} must be a comma-separated list of numbers, got {text!r}.") from None
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     """Dense vs sparse backward and step timings (asymviz.bench), as a table or JSON."""
     import torch
 
+    from asymviz import config
     from asymviz.bench import backward_table, format_table
     from asymviz.model import parse_architecture
+    from asymviz.strategies import STRATEGIES
 
     if args.threads is not None:
         if args.threads < 1:
@@ -197,8 +181,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         widths = parse_architecture([args.width or 2048] * (args.depth if args.depth is not None else 2))
     else:
         widths = parse_architecture(args.hidden or "2048,2048")
-    batches = _csv_list(args.batch, int, "--batch")
-    sparsities = _csv_list(args.sparsity, float, "--sparsity")
+    # lists as everywhere (asymviz.config): commas, semicolons or spaces; kept in the order given
+    batches = config.integers(args.batch, "batch", 1, 65536, canonical=False)
+    sparsities = config.sparsities(args.sparsity, canonical=False)
+    strategies = config.names(args.strategy, "strategies", tuple(STRATEGIES), "strategy")
     if args.nn_linear:
         from asymviz.bench import symmetric_overhead
 
@@ -214,7 +200,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"({r['backward_overhead']:+.1%}), step {r['asym_step_ms']:.2f} vs {r['nn_step_ms']:.2f} ms "
                   f"({r['step_overhead']:+.1%})")
         return 0
-    strategies = [s for s in args.strategy.replace(" ", "").split(",") if s]
     rows = []
     for strategy in strategies:
         for batch in batches:
@@ -760,7 +745,7 @@ def _train_cells(spec, runner, args, say) -> str:
     import time
 
     from asymviz import experiment as ex
-    from asymviz.ui import format_duration
+    from asymviz.pagekit import format_duration
 
     exp_id = ex.launch(spec, runner, owner=args.owner)
     store = runner.store
@@ -910,9 +895,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, help="number of hidden layers (with --width)")
     p.add_argument("--n-in", type=int, default=784, help="input features (default 784)")
     p.add_argument("--n-out", type=int, default=10, help="output classes (default 10)")
-    p.add_argument("--batch", default="128", help="batch size(s), comma-separated (default 128)")
-    p.add_argument("--strategy", default="neuron", help="strategy name(s), comma-separated (default neuron)")
-    p.add_argument("--sparsity", default="0,0.5,0.9,0.95", help="neuron sparsities, comma-separated")
+    p.add_argument("--batch", default="128", help="batch size(s), e.g. 64,128 (default 128)")
+    p.add_argument("--strategy", default="neuron", help="strategy name(s), e.g. neuron,refined (default neuron)")
+    p.add_argument("--sparsity", default="0,0.5,0.9,0.95",
+                   help="neuron sparsities, each in [0, 1) (default 0,0.5,0.9,0.95); lists split on commas, "
+                        "semicolons or spaces")
     p.add_argument("--conn-sparsity", type=float, default=0.0, help="connection sparsity (excessive, refined)")
     p.add_argument("--granularity", default="batch", help="batch | example")
     p.add_argument("--path", default="auto",

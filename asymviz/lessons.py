@@ -148,10 +148,10 @@ def part_of(slug: str, part: int = 1) -> Part:
 
 def query(slug: str, part: int = 1) -> dict[str, str]:
     """The Train page's query params for a lesson's part: its whole config and its flags."""
-    from asymviz import ui
+    from asymviz import pagekit
 
     lesson, p = LESSONS[slug], part_of(slug, part)
-    params = ui.config_to_query(ui.full_config(p.config))
+    params = pagekit.config_to_query(pagekit.full_config(p.config))
     params.update(lesson=slug, part=str(part), pace=f"{p.speed:g}", twins="1" if p.twins else "0",
                   twins_p=f"{p.twins_p:g}")
     if lesson.hide:

@@ -434,9 +434,9 @@ class LiveRun:
     def twin_charts(self, members: list[tuple[LiveRun, View]]) -> dict[str, Chart]:
         """The twins charts of `members` (this run first, as read by `LiveRuns.twins`), built once
         per new data of any of them."""
-        from asymviz import figures_twins, twins, ui
+        from asymviz import figures_twins, twins, pagekit
         main = members[0][1].run["id"]
-        styles = [(ui.run_label(v.run), figures_twins.ROLE_COLORS.get(twins.role(v.run, main), figures.REFERENCE))
+        styles = [(pagekit.run_label(v.run), figures_twins.ROLE_COLORS.get(twins.role(v.run, main), figures.REFERENCE))
                   for _, v in members]
         with self._twins_lock:
             data = [watch._data() for watch, _ in members]

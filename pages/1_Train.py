@@ -1,7 +1,7 @@
 """Train page: configure a run in the sidebar, start and stop it, watch it live.
 
 The whole configuration lives in the URL (one query parameter per TrainConfig field, see
-asymviz.ui.config_to_query), so a link reproduces a run's config, seed included; `?run=ID`
+asymviz.pagekit.config_to_query), so a link reproduces a run's config, seed included; `?run=ID`
 selects the run to watch. The live view is an `st.fragment(run_every=...)` that only reads
 the store (training happens in the runner's worker processes).
 """
@@ -14,7 +14,8 @@ import torch
 
 import ui_common
 import ui_lecture
-from asymviz import ui
+from asymviz import pagekit
+from asymviz.config import sparsity_problem
 from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
 from asymviz.sparse import keep_count
@@ -27,7 +28,7 @@ ss = st.session_state
 
 DATASET_NAMES = ui_common.offered_datasets()  # all of them, or this lab's $ASYMVIZ_DATASETS
 DEFAULT_DATASET = "digits" if "digits" in DATASET_NAMES else DATASET_NAMES[0]
-START_CONFIG = {**ui.DEFAULTS, "dataset": DEFAULT_DATASET}  # a first visit's configuration
+START_CONFIG = {**pagekit.DEFAULTS, "dataset": DEFAULT_DATASET}  # a first visit's configuration
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "gelu"]
 OPTIMIZERS = ["adam", "momentum", "sgd"]
@@ -40,7 +41,7 @@ TOY_NOISE_MAX = 1.0
 
 def apply_config(config: dict) -> list[str]:
     """Put a config into the widgets' session state; one sentence per value that does not fit."""
-    c = ui.full_config(config)
+    c = pagekit.full_config(config)
     problems = []
 
     def choice(key, value, options, default, name):
@@ -56,7 +57,7 @@ def apply_config(config: dict) -> list[str]:
         except (TypeError, ValueError):
             x = None
         if x is None or not lo <= x <= hi:
-            default = (ui.DEFAULTS.get(name, lo) or lo) if fallback is None else fallback
+            default = (pagekit.DEFAULTS.get(name, lo) or lo) if fallback is None else fallback
             x = min(max(cast(default), lo), hi)
             problems.append(f"The {name} {value!r} is outside {lo:g} to {hi:g}, so {x:g} is used.")
         ss[key] = x
@@ -72,14 +73,14 @@ def apply_config(config: dict) -> list[str]:
             problems.append("A link cannot name a file on the server; upload the CSV instead.")
         ss["train_csv_upload"], ss["train_csv_label"] = None, None
         if upload is not None:
-            problem = ui.upload_problem(upload, label)
+            problem = pagekit.upload_problem(upload, label)
             if problem:
                 problems.append(problem)
             else:
                 ss["train_csv_upload"], ss["train_csv_label"] = upload, label
     ss["train_extra_options"] = (ss["train_dataset"], options)  # e.g. n_samples from a link
     hidden = list(c["hidden"]) or [256]
-    if len(hidden) > MAX_LAYERS:  # (a link's are refused by ui.config_from_query already)
+    if len(hidden) > MAX_LAYERS:  # (a link's are refused by pagekit.config_from_query already)
         problems.append(f"The network has {len(hidden)} hidden layers; at most {MAX_LAYERS} are allowed, so "
                         f"only the first {MAX_LAYERS} are used.")
         hidden = hidden[:MAX_LAYERS]
@@ -121,7 +122,7 @@ def read_config() -> dict:
     if info.kind == "csv":
         options.update(upload=ss.get("train_csv_upload"), label=ss.get("train_csv_label"))
     strategy = ss["train_strategy"]
-    return ui.full_config({
+    return pagekit.full_config({
         "dataset": dataset, "dataset_options": options,
         "hidden": [int(ss[f"train_width_{i}"]) for i in range(int(ss["train_layers"]))],
         "activation": ss["train_activation"], "strategy": strategy,
@@ -141,7 +142,7 @@ def load_run_config(run_id: int) -> None:
     try:
         ss["train_url_problems"] = apply_config(ui_common.store().get_run(run_id)["config"])
     except Exception as err:
-        ss["train_url_problems"] = [ui.friendly_error(err)]
+        ss["train_url_problems"] = [pagekit.friendly_error(err)]
 
 
 def pick_run() -> None:
@@ -164,11 +165,11 @@ def strategy_changed() -> None:
 lecture = ui_lecture.arrive()  # a lesson link, and a link's hide / lock / pace / twins flags
 params = st.query_params.to_dict()
 if params != ss.get("train_synced_params"):  # a link, or arriving from another page
-    url_config, problems = ui.config_from_query(params)
-    url_run = ui.run_from_query(params)
+    url_config, problems = pagekit.config_from_query(params)
+    url_run = pagekit.run_from_query(params)
     base = ss.get("train_config") or START_CONFIG
     if url_config:
-        base = ui.full_config(url_config)
+        base = pagekit.full_config(url_config)
     elif url_run is not None:
         try:
             base = ui_common.store().get_run(url_run)["config"]
@@ -193,9 +194,9 @@ ui_lecture.enforce(lecture, apply_config, read_config)  # locked controls keep t
 def shape_of(name: str, options_json: str, split_seed: int):
     """(features, classes, is 2-D), or the one-sentence error of loading the dataset."""
     try:
-        return ui.dataset_shape(name, json.loads(options_json), split_seed), None
+        return pagekit.dataset_shape(name, json.loads(options_json), split_seed), None
     except Exception as err:
-        return None, ui.friendly_error(err)
+        return None, pagekit.friendly_error(err)
 
 
 # ------------------------------------------------------------------------------------ sidebar
@@ -205,7 +206,7 @@ sb = st.sidebar
 sb.header("Run configuration")
 
 sb.subheader("Data")
-sb.selectbox("Dataset", DATASET_NAMES, key="train_dataset", format_func=lambda n: ui.dataset_label(DATASETS[n]),
+sb.selectbox("Dataset", DATASET_NAMES, key="train_dataset", format_func=lambda n: pagekit.dataset_label(DATASETS[n]),
              help="Built-in datasets work offline. MNIST and Fashion-MNIST are downloaded once (about 50 MB). "
                   "Or upload your own CSV.")
 data_slot = sb.empty()  # a download that fails on Start says so here, next to the dataset
@@ -223,10 +224,10 @@ if info.kind == "csv":
     if upload is not None:
         raw = upload.getvalue()
         try:
-            columns = ui.csv_columns(raw)
+            columns = pagekit.csv_columns(raw)
         except Exception as err:
             ss["train_csv_upload"] = None
-            errors["csv"] = ui.friendly_error(err)
+            errors["csv"] = pagekit.friendly_error(err)
             sb.error(errors["csv"])
         else:
             if ss.get("train_csv_label") not in columns:
@@ -236,7 +237,7 @@ if info.kind == "csv":
                 ss["train_csv_upload"] = store_upload(raw, ss["train_csv_label"])
             except Exception as err:
                 ss["train_csv_upload"] = None
-                errors["csv"] = ui.friendly_error(err)
+                errors["csv"] = pagekit.friendly_error(err)
                 sb.error(errors["csv"])
     elif ss.get("train_csv_upload"):
         sb.caption(f"Using the CSV from the link (label column {ss.get('train_csv_label')!r}).")
@@ -265,11 +266,11 @@ for i in range(n_layers):
                                      help="Neurons in this hidden layer.")
 sb.selectbox("Activation", ACTIVATIONS, key="train_activation", help="The nonlinearity after each hidden layer.")
 config = read_config()
-sb.caption(ui.architecture_caption(shape[0] if shape else None, config["hidden"], shape[1] if shape else None))
+sb.caption(pagekit.architecture_caption(shape[0] if shape else None, config["hidden"], shape[1] if shape else None))
 
 sb.subheader("Backward pass")
 sb.selectbox("Strategy", list(STRATEGIES), key="train_strategy", format_func=lambda n: STRATEGIES[n].title,
-             on_change=strategy_changed, help=ui.strategy_help())
+             on_change=strategy_changed, help=pagekit.strategy_help())
 preset = STRATEGIES[ss["train_strategy"]]
 ss["train_prev_strategy"] = ss["train_strategy"]
 sb.caption(preset.summary)
@@ -277,17 +278,17 @@ if preset.neuron_sparse:
     sb.slider("Sparsity", 0.0, 1.0, step=0.01, key="train_sparsity",
               help="The fraction of each hidden layer's neurons left out of the backward pass: "
                    "k = max(1, round((1 - s) n)) neurons are kept.")
-    problem = ui.sparsity_problem(ss["train_sparsity"])
+    problem = sparsity_problem(ss["train_sparsity"])
     if problem:
         errors["sparsity"] = problem
         sb.error(problem)
     else:
-        sb.caption(ui.keep_caption(config["hidden"], ss["train_sparsity"]))
+        sb.caption(pagekit.keep_caption(config["hidden"], ss["train_sparsity"]))
 if preset.connection:
     sb.slider("Connection sparsity", 0.0, 1.0, step=0.01, key="train_conn_sparsity",
               help="Within each kept neuron, the fraction of connections left out: by smallest |W| (excessive) "
                    "or by least active input (refined).")
-    problem = ui.sparsity_problem(ss["train_conn_sparsity"], "Connection sparsity", "connection")
+    problem = sparsity_problem(ss["train_conn_sparsity"], "Connection sparsity", "connection")
     if problem:
         errors["conn_sparsity"] = problem
         sb.error(problem)
@@ -335,16 +336,16 @@ with sb.expander("Advanced"):
 ui_lecture.sidebar(lecture, info)
 
 config = read_config()
-_, problem = ui.validate(config)
+_, problem = pagekit.validate(config)
 if problem and not errors:
     errors["config"] = problem
 ss["train_config"] = config
 
 # the URL follows the widgets: a link reproduces this configuration
-new_params = ui.config_to_query(config)
+new_params = pagekit.config_to_query(config)
 new_params.update(ui_lecture.query(lecture))
 if ss.get("train_selected"):
-    new_params[ui.RUN_PARAM] = str(ss["train_selected"])
+    new_params[pagekit.RUN_PARAM] = str(ss["train_selected"])
 
 
 def sync_url() -> None:
@@ -387,7 +388,7 @@ if start and not errors and owner is not None:
         ui_common.error(err, data_slot if isinstance(err, DataError) else None)
     else:
         ss["train_selected"] = run_id
-        new_params[ui.RUN_PARAM] = str(run_id)
+        new_params[pagekit.RUN_PARAM] = str(run_id)
         sync_url()
 
 selected = ss.get("train_selected")
@@ -399,7 +400,7 @@ if selected:
         st.warning(f"Run {selected} does not exist (it may have been deleted).")
         ss["train_selected"] = None
 
-if run is not None and run["status"] in ui.LIVE:
+if run is not None and run["status"] in pagekit.LIVE:
     mine = owner is not None and run["owner"] == owner
     if b2.button("Stop", key="train_stop", icon=":material/stop:", disabled=not mine, use_container_width=True,
                  help="Stop this run after its current step." if mine else f"Only {run['owner']} can stop this run."):
@@ -419,7 +420,7 @@ ids = [r["id"] for r in recent]
 if run is not None and run["id"] not in ids:
     recent.insert(0, run)
     ids.insert(0, run["id"])
-labels = {r["id"]: f"{ui.run_label(r)} · {r['owner']}" for r in recent}
+labels = {r["id"]: f"{pagekit.run_label(r)} · {r['owner']}" for r in recent}
 if not ids:
     st.info("No runs yet. Press **Start** to train the configuration on the left.", icon=":material/info:")
     st.stop()
@@ -466,7 +467,7 @@ def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
         st.rerun()  # redraw the page once, with a new timer (or none once the run has ended)
     c = run["config"]
     preset = STRATEGIES.get(c["strategy"])
-    st.progress(ui.progress_of(run), text=ui.status_line(run, time.time()))
+    st.progress(pagekit.progress_of(run), text=pagekit.status_line(run, time.time()))
     if run["status"] == "failed":
         st.error(run.get("error") or "The run failed.")
     last_step, last_epoch = view.last_step, view.last_epoch
@@ -546,7 +547,7 @@ with ui_common.page_run():  # a page being opened: its live parts go before othe
     except Exception:  # deleted meanwhile, or the store failed: the view says which
         status = run["status"]
     ui_lecture.run_panel(run, owner, status)  # Play / Pause / Step / Reset and the network as it learns
-    if status in ui.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
+    if status in pagekit.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
         every = ui_common.refresh_for(status)
         st.fragment(live_view, run_every=every)(run["id"], status, ui_common.refresh_seconds())
     else:

@@ -15,7 +15,7 @@ import streamlit as st
 
 import ui_common
 import ui_lecture
-from asymviz import figures, ui
+from asymviz import figures, pagekit
 from asymviz.store import STATUSES
 from asymviz.strategies import STRATEGIES
 
@@ -60,7 +60,7 @@ remembered = [i for i in ss.get("runs_selected_ids", []) if i in by_id]
 # The key follows the listed ids, so a selection never slides onto another run when rows come or go.
 table_key = "runs_table_" + hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:10]
 event = st.dataframe(
-    pd.DataFrame(ui.runs_table(runs, me=owner)), key=table_key, on_select="rerun", selection_mode="multi-row",
+    pd.DataFrame(pagekit.runs_table(runs, me=owner)), key=table_key, on_select="rerun", selection_mode="multi-row",
     hide_index=True, height=min(420, 38 + 35 * len(runs)),
     selection_default={"selection": {"rows": [ids.index(i) for i in remembered]}},
     column_config={
@@ -72,12 +72,12 @@ event = st.dataframe(
 selected = [ids[i] for i in event.selection.rows if i < len(ids)]
 ss["runs_selected_ids"] = selected
 
-live_ids = frozenset(r["id"] for r in runs if r["status"] in ui.LIVE)
+live_ids = frozenset(r["id"] for r in runs if r["status"] in pagekit.LIVE)
 
 
 def watch_live(watched: frozenset) -> None:
     """Redraw the page when a listed run starts or ends (statuses in the table stay true)."""
-    now_live = frozenset(r["id"] for r in store.list_runs(status=list(ui.LIVE)) if r["id"] in by_id)
+    now_live = frozenset(r["id"] for r in store.list_runs(status=list(pagekit.LIVE)) if r["id"] in by_id)
     if now_live != watched:
         st.rerun()
 
@@ -99,9 +99,9 @@ a = st.columns([1, 1, 1, 3], vertical_alignment="center")
 if len(chosen) == 1 and a[0].button("Open in Train", key="runs_open", icon=":material/open_in_new:",
                                     use_container_width=True):
     run = chosen[0]
-    st.switch_page("pages/1_Train.py", query_params={**ui.config_to_query(run["config"]), ui.RUN_PARAM: str(run["id"])})
-stoppable = [r for r in mine if r["status"] in ui.LIVE]
-deletable = [r for r in mine if r["status"] not in ui.LIVE]
+    st.switch_page("pages/1_Train.py", query_params={**pagekit.config_to_query(run["config"]), pagekit.RUN_PARAM: str(run["id"])})
+stoppable = [r for r in mine if r["status"] in pagekit.LIVE]
+deletable = [r for r in mine if r["status"] not in pagekit.LIVE]
 stop = a[1].button("Stop", key="runs_stop", icon=":material/stop:", disabled=not stoppable, use_container_width=True,
                    help="Stop the selected runs that are yours and still training.")
 delete = a[2].button("Delete", key="runs_delete", icon=":material/delete:", disabled=not deletable,
@@ -122,7 +122,7 @@ if stop or delete:
                 ui_common.runner().delete(run["id"], owner=owner)
             done.append(f"#{run['id']}")
         except Exception as err:
-            failed.append(ui.friendly_error(err))
+            failed.append(pagekit.friendly_error(err))
     for sentence in failed:
         st.error(sentence)
     if done:
@@ -138,7 +138,7 @@ if len(chosen) > MAX_COMPARED:
 ss.setdefault("runs_curve", "val/acc")
 curve = st.segmented_control("Curve", list(CURVES), key="runs_curve", format_func=CURVES.get) or "val/acc"
 epochs = {r["id"]: store.epochs(r["id"]) for r in compared}
-st.plotly_chart(figures.compare_figure([(ui.run_label(r), epochs[r["id"]]) for r in compared], curve),
+st.plotly_chart(figures.compare_figure([(pagekit.run_label(r), epochs[r["id"]]) for r in compared], curve),
                 key="runs_fig_compare")
 
 
@@ -155,7 +155,7 @@ def reference_of(config_json: str) -> dict | None:
 rows = []
 for r in compared:
     ref = reference_of(json.dumps(r["config"], sort_keys=True)) if r["config"].get("strategy") != "symmetric" else None
-    rows.append(ui.metrics_row(r, ref))
+    rows.append(pagekit.metrics_row(r, ref))
 metrics = pd.DataFrame(rows)
 st.subheader("Final numbers")
 st.dataframe(metrics, key="runs_metrics", hide_index=True, column_config={

@@ -14,7 +14,8 @@ import streamlit as st
 import torch
 
 import ui_common
-from asymviz import figures, ui
+from asymviz import figures, pagekit
+from asymviz.config import sparsities as parse_sparsities
 from asymviz.strategies import STRATEGIES
 
 ui_common.setup("Backward timing", ":material/timer:")
@@ -40,15 +41,16 @@ with st.sidebar:
                     help="Neurons per hidden layer. Sparsity pays from roughly a thousand neurons up on a CPU.")
     st.number_input("Batch size", 1, 4096, value=128, step=32, key="bench_batch")
     st.text_input("Sparsities", value="0, 0.5, 0.9, 0.95, 0.99", key="bench_sparsities",
-                  help="Comma-separated fractions of neurons left out of the backward (at most 8).")
+                  help="Fractions of neurons left out of the backward, each in [0, 1), separated by commas, "
+                       "semicolons or spaces (at most 8, so the measurement stays short).")
     try:
-        sparsities = ui.parse_sparsities(ss["bench_sparsities"])
+        sparsities = parse_sparsities(ss["bench_sparsities"], at_most=8)
         sparsity_error = None
     except Exception as err:
-        sparsities, sparsity_error = [], ui.friendly_error(err)
+        sparsities, sparsity_error = [], pagekit.friendly_error(err)
         st.error(sparsity_error)
     st.selectbox("Strategy", SPARSE, key="bench_strategy", format_func=lambda n: STRATEGIES[n].title,
-                 help=ui.strategy_help())
+                 help=pagekit.strategy_help())
     if STRATEGIES[ss["bench_strategy"]].connection:
         st.slider("Connection sparsity", 0.0, 0.99, value=0.5, step=0.01, key="bench_conn")
     st.number_input("Repeats", 3, 50, value=10, step=1, key="bench_repeats",
@@ -112,7 +114,7 @@ top = max(rows, key=lambda r: r["sparsity"])  # the most sparse setting: where t
 verdict = (f"At sparsity {top['sparsity']:.0%} (k = {top['keep'][0]} of {job['widths'][0]} neurons kept) the sparse "
            f"backward runs {top['backward_speedup']:.2f}x as fast as the dense one; the multiplications alone would "
            f"allow {top['ideal']:.1f}x.")
-if ui.overhead_bound(rows):
+if pagekit.overhead_bound(rows):
     st.warning(f"**Overhead-bound.** {verdict} At width {job['widths'][0]} and batch {job['batch']} the fixed costs of "
                "a step (choosing the top-k, indexing, autograd and launch overhead) eat most of the saving. Small "
                "classroom networks train no faster with a sparse backward; what they can show is the effect on "

@@ -15,7 +15,7 @@ import streamlit as st
 import ui_common
 from asymviz import experiment as ex
 from asymviz import figures_experiment as fx
-from asymviz import ui
+from asymviz import pagekit
 from asymviz.experiment import report as rp
 from asymviz.experiment.spec import BUDGETS, SPARSE, STRATEGIES
 from asymviz.optim import OPTIMIZERS, UPDATES
@@ -121,7 +121,7 @@ spec, problem = None, None
 try:
     spec = read_spec()
 except Exception as err:
-    problem = ui.friendly_error(err)
+    problem = pagekit.friendly_error(err)
 known = {e["id"]: e for e in ex.list_experiments(store)}
 b1, b2 = st.columns([1, 4], vertical_alignment="center")
 launch = b1.button("Launch", type="primary", key="exp_launch", icon=":material/rocket_launch:",
@@ -168,7 +168,7 @@ st.divider()
 st.selectbox("Experiment", ids, key="exp_open", on_change=picked,
              format_func=lambda i: f"{i} · {known[i]['launched_by'] or known[i]['owner']} · "
                                    f"{', '.join(known[i]['spec'].datasets)} · {known[i]['spec'].n_cells()} runs · "
-                                   f"{ui.created_text(known[i]['created_at'])}")
+                                   f"{pagekit.created_text(known[i]['created_at'])}")
 exp_id = ss["exp_open"]
 state = known[exp_id]
 exp_spec = state["spec"]
@@ -180,9 +180,9 @@ def live_progress(exp_id: str, was_complete: bool) -> None:
     st.progress(p["done"] / max(1, p["total"]), text=f"{p['done']} of {p['total']} runs done")
     parts = [f"{p['running']} running", f"{p['queued'] + p['pending']} queued",
              f"{p['waiting']} waiting for their selection", f"{p['failed']} failed or stopped",
-             f"{ui.format_duration(p['elapsed_s'])} elapsed"]
+             f"{pagekit.format_duration(p['elapsed_s'])} elapsed"]
     if not p["complete"]:
-        parts.append(f"about {ui.format_duration(p['eta_s'])} left")
+        parts.append(f"about {pagekit.format_duration(p['eta_s'])} left")
     elif p["stopped"]:
         parts.append("stopped: launch the same grid to resume")
     elif p["speed"] == "pending":

@@ -15,7 +15,7 @@ import streamlit as st
 
 import ui_common
 import ui_lecture
-from asymviz import lab, live, owners, ui
+from asymviz import lab, live, owners, pagekit
 from asymviz.owners import ADMIN
 from asymviz.store import TERMINAL
 
@@ -83,7 +83,7 @@ def live_view() -> None:
     if pids:
         st.dataframe(pd.DataFrame([{
             "worker pid": pid, "memory (MiB)": round(lab.rss_mb(pid) or 0),
-            "training": ui.run_label(training[pid]) if pid in training else "idle",
+            "training": pagekit.run_label(training[pid]) if pid in training else "idle",
             "owner": training[pid]["owner"] if pid in training else ""} for pid in pids]),
             hide_index=True, key="instructor_workers")
     else:
@@ -116,7 +116,7 @@ def set_pin() -> None:
     try:
         ss["instructor_pin_done"] = owners.set_pin(store, name, pin)
     except Exception as err:
-        ss["instructor_pin_problem"] = ui.friendly_error(err)
+        ss["instructor_pin_problem"] = pagekit.friendly_error(err)
 
 
 st.subheader("Names and PINs")
@@ -124,9 +124,9 @@ named = owners.claims(store)
 if named:
     now = time.time()
     st.dataframe(pd.DataFrame([{
-        "name": c["name"], "claimed": ui.created_text(c["claimed_at"]), "PIN set": ui.created_text(c["pin_set_at"]),
+        "name": c["name"], "claimed": pagekit.created_text(c["claimed_at"]), "PIN set": pagekit.created_text(c["pin_set_at"]),
         "attempts since the last right PIN": c["failures"],
-        "locked": f"{ui.format_duration(c['locked_until'] - now)} more" if (c["locked_until"] or 0) > now else "",
+        "locked": f"{pagekit.format_duration(c['locked_until'] - now)} more" if (c["locked_until"] or 0) > now else "",
     } for c in named]), hide_index=True, key="instructor_names")
 else:
     st.caption("No one has signed in yet.")
@@ -164,7 +164,7 @@ runs = store.list_runs(limit=MAX_LISTED)
 if not runs:
     st.info("No runs yet.", icon=":material/info:")
     st.stop()
-st.dataframe(pd.DataFrame(ui.runs_table(runs)), hide_index=True, key="instructor_runs",
+st.dataframe(pd.DataFrame(pagekit.runs_table(runs)), hide_index=True, key="instructor_runs",
              height=min(420, 38 + 35 * len(runs)),
              column_config={
                  "id": st.column_config.NumberColumn("run", format="#%d", width="small"),
@@ -174,10 +174,10 @@ st.dataframe(pd.DataFrame(ui.runs_table(runs)), hide_index=True, key="instructor
 if len(runs) == MAX_LISTED:
     st.caption(f"The newest {MAX_LISTED} runs.")
 
-live = {run["id"]: run for run in runs if run["status"] in ui.LIVE}
+live = {run["id"]: run for run in runs if run["status"] in pagekit.LIVE}
 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
 to_stop = c1.multiselect("Stop runs", list(live), key="instructor_stop_ids",
-                         format_func=lambda i: f"{ui.run_label(live[i])} · {live[i]['owner']} · {live[i]['status']}",
+                         format_func=lambda i: f"{pagekit.run_label(live[i])} · {live[i]['owner']} · {live[i]['status']}",
                          placeholder="Pick queued or running runs of anyone" if live else "Nothing is queued or running")
 if c2.button("Stop", key="instructor_stop", icon=":material/stop:", disabled=not to_stop, use_container_width=True):
     for run_id in to_stop:

@@ -86,7 +86,8 @@ def test_cli_bench_table():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--sparsity", "0.5,x"], "--sparsity must be a comma-separated list"),
+    (["--sparsity", "0.5,x"], "sparsities must hold numbers, got 'x'."),
+    (["--batch", "4 x"], "batch must be a whole number, got 'x'."),
     (["--sparsity", "1.5"], "sparsity must be in [0, 1)"),
     (["--strategy", "nope"], "Unknown strategy 'nope'"),
     (["--device", "cuda"], "no CUDA GPU"),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from asymviz import ui
+from asymviz import pagekit
 from asymviz.jobs import GRID_KIND
 from asymviz.store import Store, pack_mask
 from asymviz.train import TrainConfig
@@ -92,14 +92,14 @@ def test_train_url_round_trips_the_config(page):
     config = TrainConfig(dataset="moons", hidden=[32, 16, 8], strategy="excessive", sparsity=0.75,
                          conn_sparsity=0.5, dropout=0.1, seed=1234, lr=0.003, epochs=7, batch_size=48,
                          dataset_options={"noise": 0.3}).to_dict()
-    at = page(TRAIN, query_params=ui.config_to_query(config))
+    at = page(TRAIN, query_params=pagekit.config_to_query(config))
     assert not errors(at) and not at.warning
     assert at.selectbox(key="train_strategy").value == "excessive"
     assert at.number_input(key="train_layers").value == 3 and at.number_input(key="train_width_2").value == 8
     assert at.slider(key="train_sparsity").value == 0.75 and at.slider(key="train_conn_sparsity").value == 0.5
     assert at.number_input(key="train_seed").value == 1234
-    back, problems = ui.config_from_query(at.query_params)
-    assert problems == [] and ui.full_config(back) == config
+    back, problems = pagekit.config_from_query(at.query_params)
+    assert problems == [] and pagekit.full_config(back) == config
     at.number_input(key="train_seed").set_value(99).run()  # and the URL follows the widgets
     assert at.query_params["seed"] == "99" and at.query_params["strategy"] == "excessive"
 

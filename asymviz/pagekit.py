@@ -15,10 +15,10 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import re
 from typing import Any, Mapping
 
-from asymviz.errors import AsymvizError, ConfigError
+from asymviz.config import TRAIN_FIELDS, shown
+from asymviz.errors import AsymvizError, FieldError
 from asymviz.sparse import keep_count
 from asymviz.strategies import STRATEGIES
 from asymviz.train import TrainConfig
@@ -58,52 +58,27 @@ def config_to_query(config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _parse_value(name: str, text: str) -> Any:
-    default = DEFAULTS[name]
-    if name == "hidden":
-        from asymviz.model import parse_architecture
-        return parse_architecture(text)
-    if name == "dataset_options":
-        value = json.loads(text) if text else {}
-        if not isinstance(value, dict):
-            raise ValueError("not a JSON object")
-        return value
-    if name == "dropout":
-        return None if text in ("", "auto", "none", "None") else float(text)
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("not a boolean")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        x = float(text)
-        if not math.isfinite(x):
-            raise ValueError("not finite")
-        return x
-    return text
-
-
 def config_from_query(params: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """(config fields found in the query params, one sentence per value that was not
-    understood). Only fields present in `params` are returned; list values (a repeated
-    parameter) use their last item; unknown parameters are ignored."""
+    """(config fields found in the query params, one sentence per value refused). Each value is
+    read by its field's rule (asymviz.config.TRAIN_FIELDS: the same answer as the command line's
+    flag); a refused one is left out, so the default stands. Only fields present in `params` are
+    returned; list values (a repeated parameter) use their last item; unknown parameters are
+    ignored."""
     config: dict[str, Any] = {}
     problems: list[str] = []
-    for name in CONFIG_FIELDS:
+    for name, field in TRAIN_FIELDS.items():
         if name not in params:
             continue
         raw = params[name]
         if isinstance(raw, (list, tuple)):
             raw = raw[-1] if raw else ""
-        text = str(raw).strip()
         try:
-            config[name] = _parse_value(name, text)
-        except (ValueError, TypeError, json.JSONDecodeError, AsymvizError):
-            problems.append(f"The link's value {text!r} for {name} was not understood, so the default "
-                            f"{config_to_query(DEFAULTS).get(name, '') or 'value'} is used.")
+            config[name] = field.read(str(raw))
+        except AsymvizError as err:
+            accepts = err.accepts if isinstance(err, FieldError) else field.accepts
+            default = config_to_query(DEFAULTS).get(name) or "value"
+            problems.append(f"The link's value {shown(str(raw))} for {name} was not understood, so the "
+                            f"default {default} is used; {name} takes {accepts}.")
     return config, problems
 
 
@@ -140,20 +115,6 @@ def validate(config: Mapping[str, Any]) -> tuple[TrainConfig | None, str | None]
 
 
 # ----------------------------------------------------------------------------- sentences
-
-
-def sparsity_problem(sparsity: float, what: str = "Sparsity", unit: str = "neuron") -> str | None:
-    """One sentence if this sparsity leaves nothing for the backward, else None."""
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        return f"{what} must be a number from 0 to 0.99."
-    if math.isnan(s) or s < 0:
-        return f"{what} must be a number from 0 to 0.99, got {sparsity!r}."
-    if s >= 1.0:
-        return (f"{what} {s:.2f} would leave no {unit} in the backward pass; choose a value below 1 "
-                f"(0.99 keeps 1 % of each layer's {unit}s, at least one).")
-    return None
 
 
 def keep_per_layer(hidden: list[int], sparsity: float) -> list[int]:
@@ -316,26 +277,6 @@ def metrics_row(run: Mapping[str, Any], reference: Mapping[str, Any] | None = No
         "backward speedup": (ref_bwd / bwd) if bwd and ref_bwd else None,
         "step speedup": (ref_step / step) if step and ref_step else None,
     }
-
-
-def parse_sparsities(text: str) -> list[float]:
-    """'0, 0.5, 0.9' -> [0.0, 0.5, 0.9]; ConfigError with one sentence when malformed."""
-    parts = [p for p in re.split(r"[,\s;]+", text or "") if p]
-    if not parts:
-        raise ConfigError("List at least one sparsity, like 0, 0.5, 0.9, 0.95.")
-    out = []
-    for p in parts:
-        try:
-            s = float(p)
-        except ValueError:
-            raise ConfigError(f"{p!r} is not a number; list sparsities like 0, 0.5, 0.9, 0.95.") from None
-        problem = sparsity_problem(s)
-        if problem:
-            raise ConfigError(problem)
-        out.append(s)
-    if len(out) > 8:
-        raise ConfigError(f"List at most 8 sparsities (got {len(out)}), so the measurement stays short.")
-    return sorted(set(out))
 
 
 def overhead_bound(rows: list[dict]) -> bool:
