@@ -2,13 +2,14 @@
 
     bash scripts/setup.sh && .venv/bin/streamlit run app.py
 
-The pages in pages/ (Train, Runs, Backward timing) appear in the sidebar. Training runs in
-background worker processes that the server starts on first use; pages only read the store.
+The pages in pages/ (Train, Runs, Backward timing, Experiment, Instructor) are listed in the
+sidebar after Home (ui_common.navigation). Training runs in background worker processes that the
+server starts on first use; pages only read the store and act through the Runner.
 """
 
 
 def main() -> None:
-    """The home page (imports here: a worker process that re-runs this file loads nothing)."""
+    """The home page."""
     import streamlit as st
 
     import ui_common

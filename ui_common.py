@@ -29,12 +29,39 @@ from asymviz.errors import AsymvizError
 WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
 
 
+# The dashboard's navigation, in the sidebar of every page: (script, label, icon). Streamlit's own
+# navigation for a pages/ folder would name the first entry after the entry script ("app"), so it
+# is switched off (client.showSidebarNavigation in .streamlit/config.toml) and drawn here.
+PAGES = (
+    ("app.py", "Home", ":material/neurology:"),
+    ("pages/1_Train.py", "Train", ":material/model_training:"),
+    ("pages/2_Runs.py", "Runs", ":material/table_chart:"),
+    ("pages/3_Backward_timing.py", "Backward timing", ":material/timer:"),
+    ("pages/4_Experiment.py", "Experiment", ":material/science:"),
+    ("pages/5_Instructor.py", "Instructor", ":material/admin_panel_settings:"),
+)
+
+
 def setup(title: str, icon: str) -> None:
-    """Page config, the access gate and the server's health; call first on every page."""
+    """Page config, the access gate, the navigation and the server's health; call first on every page."""
     _freeze_loaded_modules()
     st.set_page_config(page_title=f"{title} · asymviz", page_icon=icon, layout="wide")
     access_gate()
+    navigation()
     server_health()
+
+
+def navigation() -> None:
+    """The sidebar's list of pages, Home first. A page file run on its own as the entry script
+    (`streamlit run pages/1_Train.py`, AppTest.from_file) knows no other page: no list then."""
+    from streamlit.errors import StreamlitPageNotFoundError
+
+    box = st.sidebar.container(key="asymviz_nav")
+    try:
+        for script, label, icon in PAGES:
+            box.page_link(script, label=label, icon=icon)
+    except StreamlitPageNotFoundError:
+        return  # nothing was drawn: the first link already fails
 
 
 class CannotTrain(AsymvizError):

@@ -32,6 +32,10 @@ PLOT_LAST_X = """() => [...document.querySelectorAll('.st-key-train_fig_loss .js
     d => (d._fullData || []).map(t => (t.x && t.x.length ? Number(t.x[t.x.length - 1]) : 0)))"""
 TRACE_TYPES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(d => (d._fullData || []).map(t => t.type))"""
 PROGRESS = "() => [...document.querySelectorAll('[data-testid=stProgress]')].map(e => e.innerText).join(' ')"
+# The sidebar's page list: (label, path) of each link, and how many of Streamlit's own lists show.
+NAVIGATION = """() => [...document.querySelectorAll('.st-key-asymviz_nav a')].map(
+    a => [(a.querySelector('[data-testid=stMarkdownContainer]') || a).innerText.trim(), new URL(a.href).pathname])"""
+OWN_NAVIGATION = "() => document.querySelectorAll('[data-testid=stSidebarNav]').length"
 TABLE_ROWS = """() => [...document.querySelectorAll('[data-testid=stDataFrame] tbody tr')].map(
     r => [...r.querySelectorAll('td')].map(c => c.textContent))"""
 
@@ -138,6 +142,21 @@ def _sign_in(page, name="ana", pin="2468"):
     page.get_by_role("textbox", name="PIN", exact=True).fill(pin)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text(f"Signed in as {name}").wait_for()
+
+
+def test_navigation_starts_with_home_also_when_a_page_is_opened_first(server, page):
+    """The sidebar lists Home (not "app", the entry script's name), then the pages at the paths
+    that links use. First in this module, so the server's first session opens a page, not Home."""
+    page.goto(server + "/Runs")
+    page.get_by_role("heading", name="Runs").wait_for()
+    nav = _wait_for(page, lambda: page.evaluate(NAVIGATION), "the navigation")
+    assert [label for label, _ in nav] == ["Home", "Train", "Runs", "Backward timing", "Experiment", "Instructor"]
+    assert [path for _, path in nav[1:]] == ["/Train", "/Runs", "/Backward_timing", "/Experiment", "/Instructor"]
+    assert page.evaluate(OWN_NAVIGATION) == 0
+    _shot(page, "navigation.png")
+    page.locator(".st-key-asymviz_nav a").first.click()
+    page.get_by_role("heading", name="asymviz: train a network with a sparse backward pass").wait_for()
+    assert page.url.rstrip("/") == server.rstrip("/")
 
 
 def test_digits_run_trains_live_stops_and_shows_up_stopped(server, page):
