@@ -24,7 +24,7 @@ import ui_common
 from asymviz import figures, figures_network, figures_twins, lessons, pace, snapshot, twins, ui
 from asymviz.data import DATASETS
 from asymviz.errors import AsymvizError
-from asymviz.jobs import LimitExceeded
+from asymviz.policy import LimitExceeded
 from asymviz.strategies import STRATEGIES
 
 TRAIN = "pages/1_Train.py"
