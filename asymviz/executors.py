@@ -66,7 +66,8 @@ from typing import Any, Callable
 
 from asymviz import pace
 from asymviz.errors import ConfigError, error_sentence
-from asymviz.lab import HOST, cpu_count, env_number
+from asymviz.config import env_number
+from asymviz.lab import HOST, cpu_count
 from asymviz.recording import StoreCallback, finish_run
 from asymviz.store import RunNotFound, RunStateError, Store
 from asymviz.train import TrainConfig, fit

@@ -62,7 +62,8 @@ from asymviz import executors
 from asymviz import store as store_module
 from asymviz.errors import ConfigError, error_sentence
 from asymviz.executors import INTERRUPTED_BY_SHUTDOWN, POLL_S, RECONCILE_S, SUPERVISE_S, execute
-from asymviz.lab import HOST, MAX_BACKOFF_S, Trouble, cpu_count, env_number, log_fatal_signals, pid_alive
+from asymviz.config import env_int, env_number
+from asymviz.lab import HOST, MAX_BACKOFF_S, Trouble, cpu_count, log_fatal_signals, pid_alive
 from asymviz.owners import ADMIN, Administrator, NotOwner
 from asymviz.policy import LimitExceeded, Limits  # (LimitExceeded: what `submit` raises, importable here)
 from asymviz.recording import finish_run
@@ -199,7 +200,7 @@ class Runner:
     def __init__(self, store: Store | str | Path | None = None, workers: int | None = None,
                  limits: Limits | None = None, executor: str | None = None):
         self.store = store if isinstance(store, Store) else Store(store)
-        self.workers = env_number("ASYMVIZ_WORKERS", cpu_count()) if workers is None else int(workers)
+        self.workers = env_int("ASYMVIZ_WORKERS", cpu_count()) if workers is None else int(workers)
         if self.workers < 0:
             raise ConfigError(f"The number of workers must be 0 or more, got {self.workers}.")
         self.executor = executors.executor_name(executor)
@@ -320,7 +321,7 @@ class Runner:
             return [proc.pid for proc in self._procs if proc.is_alive()]
 
     def _spawn(self) -> None:
-        threads = env_number("ASYMVIZ_WORKER_THREADS", 0) or max(1, cpu_count() // max(1, self.workers))
+        threads = env_int("ASYMVIZ_WORKER_THREADS", 0) or max(1, cpu_count() // max(1, self.workers))
         proc = _WorkerProcess(str(self.store.path), threads)
         self._procs.append(proc)
         self._born[proc.pid] = time.monotonic()

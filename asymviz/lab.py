@@ -3,7 +3,6 @@ asymviz module but `errors`: the store, the Runner, the executors, `serve` (cli.
 dashboard (ui_common.py, pages/5_Instructor.py) and scripts/measure_lab.py all build on it.
 
     home()                    $ASYMVIZ_HOME (default ~/.asymviz): the store, caches, uploads, pool file
-    env_number(name, default) a number from an environment variable, one sentence if it is not one
     cpu_count()               the cores this process may use, capped by a container's CPU quota
     pid_alive(pid, host)      whether a process runs (a zombie does not)
     read_pool_status()        which processes train for this lab (the pool status file)
@@ -28,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from asymviz.errors import ConfigError, error_sentence
+from asymviz.errors import error_sentence
 
 HOST = socket.gethostname()
 POOL_FILE = "workers.json"  # in $ASYMVIZ_HOME, next to asymviz.db
@@ -39,26 +38,6 @@ MAX_BACKOFF_S = 30.0  # a failing loop (or a worker that cannot start) retries a
 def home() -> Path:
     """$ASYMVIZ_HOME (default ~/.asymviz): the store, the dataset cache and uploads."""
     return Path(os.environ.get("ASYMVIZ_HOME") or "~/.asymviz").expanduser()
-
-
-def env_number(name: str, default: int | float) -> int | float:
-    """The number of 0 or more in environment variable `name`, of the type of `default` (an int:
-    a whole number; a float: seconds), or `default` when it is unset or blank. ConfigError with
-    one sentence for anything else."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    if isinstance(default, int):
-        if not text.isdigit():
-            raise ConfigError(f"{name} must be a whole number of 0 or more, got {text!r}.")
-        return int(text)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or math.isinf(value):
-        raise ConfigError(f"{name} must be a number of seconds of 0 or more, got {text!r}.")
-    return value
 
 
 # ----------------------------------------------------------------------------- cores

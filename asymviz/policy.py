@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, fields
 
 from asymviz.errors import AsymvizError, ConfigError
-from asymviz.lab import env_number
+from asymviz.config import env_int, env_number
 from asymviz.model import count_parameters
 from asymviz.train import TrainConfig
 
@@ -87,8 +87,12 @@ class Limits:
     def from_env(cls) -> "Limits":
         """The defaults, overridden by ASYMVIZ_MAX_PARAMS, _EPOCHS, _RUNS_PER_OWNER, _QUEUE."""
         defaults = cls()
-        return cls(**{f.name: env_number(LIMIT_VARIABLES[f.name], getattr(defaults, f.name))
-                      for f in fields(cls)})
+
+        def read(name: str):
+            default = getattr(defaults, name)
+            return (env_int if isinstance(default, int) else env_number)(LIMIT_VARIABLES[name], default)
+
+        return cls(**{f.name: read(f.name) for f in fields(cls)})
 
     def check_config(self, config: TrainConfig) -> None:
         """Raise LimitExceeded if this (validated) config breaks a limit on the run itself (epochs,

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from asymviz.errors import AsymvizError
-from asymviz.lab import env_number
+from asymviz.config import env_number
 from asymviz.model import MLP
 from asymviz.sparse import MaskRecord
 from asymviz.store import MetricWriter, RunNotFound, RunStateError, Store, pack_mask

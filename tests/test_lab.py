@@ -92,29 +92,6 @@ def lab_home():
 
 # ------------------------------------------------------------------- environment, cores, processes
 
-@pytest.mark.parametrize("default, text, value", [(4, "", 4), (4, " 7 ", 7), (4, "0", 0), (0.2, "1.5", 1.5),
-                                                  (10.0, "0", 0.0), (10.0, "", 10.0)])
-def test_env_number_reads_a_number_of_the_defaults_type(monkeypatch, default, text, value):
-    monkeypatch.setenv("ASYMVIZ_TEST_NUMBER", text)
-    got = lab.env_number("ASYMVIZ_TEST_NUMBER", default)
-    assert got == value and type(got) is type(default)
-
-
-@pytest.mark.parametrize("default, text, sentence", [
-    (4, "2.5", "ASYMVIZ_TEST_NUMBER must be a whole number of 0 or more, got '2.5'."),
-    (4, "-1", "ASYMVIZ_TEST_NUMBER must be a whole number of 0 or more, got '-1'."),
-    (0.2, "soon", "ASYMVIZ_TEST_NUMBER must be a number of seconds of 0 or more, got 'soon'."),
-    (0.2, "-0.5", "ASYMVIZ_TEST_NUMBER must be a number of seconds of 0 or more, got '-0.5'."),
-    (0.2, "nan", "ASYMVIZ_TEST_NUMBER must be a number of seconds of 0 or more, got 'nan'."),
-    (0.2, "inf", "ASYMVIZ_TEST_NUMBER must be a number of seconds of 0 or more, got 'inf'."),
-])
-def test_env_number_refuses_anything_else_with_one_sentence(monkeypatch, default, text, sentence):
-    monkeypatch.setenv("ASYMVIZ_TEST_NUMBER", text)
-    with pytest.raises(ConfigError) as err:
-        lab.env_number("ASYMVIZ_TEST_NUMBER", default)
-    assert str(err.value) == sentence
-
-
 @pytest.mark.parametrize("files,quota", [
     ({"cpu.max": "400000 100000\n"}, 4.0),  # cgroup v2, docker run --cpus 4
     ({"cpu.max": "150000 100000\n"}, 1.5),
