@@ -432,6 +432,9 @@ class Store:
                 if _is_busy(exc):
                     raise StoreError(f"The run store at {self.path} stayed locked by other "
                                      "processes for too long; try again.") from exc
+                cause = self._file_error()  # pulled from under us during this very operation: say so
+                if cause is not None:
+                    raise cause from exc
                 raise StoreError(f"The run store at {self.path} failed: {_reason(exc)}.") from exc
 
     @contextlib.contextmanager
