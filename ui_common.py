@@ -2,7 +2,8 @@
 
 Shared, thread-safe objects live in `st.cache_resource` (the job runner and its store, the
 benchmark thread); per-browser state (the name this session signed in as) in `st.session_state`. Everything that
-does not need Streamlit is in `asymviz.pagekit` and `asymviz.lab`, where it is unit-tested.
+does not need Streamlit is in `asymviz.pagekit`, `asymviz.lab` (the pool's status), `asymviz.owners` (passwords, names)
+and `asymviz.policy` (the datasets offered), where it is unit-tested.
 
 `setup()` is also the lab's access gate: with ASYMVIZ_PASSWORD set (or ASYMVIZ_AUTH=oidc) a
 page renders nothing but the password form (or the login button) until the session is in.
@@ -23,7 +24,7 @@ import time
 
 import streamlit as st
 
-from asymviz import lab, owners, pagekit
+from asymviz import lab, owners, pagekit, policy
 from asymviz.errors import AsymvizError
 
 WRONG_PASSWORD = "Wrong password: ask your instructor for this lab's password."
@@ -129,7 +130,7 @@ def access_gate() -> None:
     provider (ASYMVIZ_AUTH=oidc, Streamlit's st.login), and holding the lab password when
     ASYMVIZ_PASSWORD is set. Until then the page shows the login or the password form only."""
     try:
-        mode = lab.auth_mode()
+        mode = owners.auth_mode()
     except Exception as err:
         error(err)
         st.stop()
@@ -146,7 +147,7 @@ def password_gate(expected: str, key: str, label: str, wrong: str, caption: str)
     wrong one, the form and `wrong`) and stop the page. The session keeps a token, not the
     password; the comparison is constant-time."""
     ss = st.session_state
-    token = lab.password_token(expected)
+    token = owners.password_token(expected)
     if ss.get(f"{key}_token") == token:
         return
     with st.form(f"{key}_form", clear_on_submit=True):
@@ -154,7 +155,7 @@ def password_gate(expected: str, key: str, label: str, wrong: str, caption: str)
         submitted = st.form_submit_button("Enter", type="primary")
     if submitted:
         entered = ss.get(f"{key}_password") or ""
-        if lab.password_matches(entered, expected):
+        if owners.password_matches(entered, expected):
             ss[f"{key}_token"] = token
             st.rerun()
         time.sleep(1.0)  # guessing costs a second per try
@@ -190,7 +191,7 @@ def offered_datasets() -> list[str]:
     """The datasets this lab offers ($ASYMVIZ_DATASETS; all when unset), in display order;
     a bad ASYMVIZ_DATASETS is one sentence and stops the page."""
     try:
-        return lab.offered_datasets()
+        return policy.offered_datasets()
     except Exception as err:
         error(err)
         st.stop()
@@ -417,7 +418,7 @@ def owner() -> str | None:
     The proof lives in this session only (never in the URL, so a shared link carries none); a
     reload starts a new session, which asks for the PIN again. A new PIN set by the instructor
     ends the sessions that proved the old one."""
-    if lab.auth_mode() == "oidc":  # (access_gate has already refused a bad ASYMVIZ_AUTH)
+    if owners.auth_mode() == "oidc":  # (access_gate has already refused a bad ASYMVIZ_AUTH)
         name = _identity()
         if name:
             st.sidebar.caption(f"Signed in as **{name}** (your login).")
@@ -453,7 +454,7 @@ def owner() -> str | None:
 
 def sign_in_hint(action: str) -> str:
     """What a session that is not signed in must do first to `action` (e.g. "start a run")."""
-    if lab.auth_mode() == "oidc":
+    if owners.auth_mode() == "oidc":
         return f"Your login gives no name this lab can use, so you cannot {action}."
     return f"Sign in (your name and a PIN, in the sidebar) to {action}."
 

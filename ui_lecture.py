@@ -25,7 +25,7 @@ import ui_common
 from asymviz import lessons, pace, pagekit, snapshot, twins
 from asymviz.data import DATASETS
 from asymviz.errors import AsymvizError
-from asymviz.jobs import LimitExceeded
+from asymviz.policy import LimitExceeded
 from asymviz.strategies import STRATEGIES
 
 TRAIN = "pages/1_Train.py"

@@ -314,7 +314,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from asymviz.jobs import Runner, Trouble, log_fatal_signals
+    from asymviz.jobs import Runner
+    from asymviz.lab import Trouble, log_fatal_signals
     from asymviz.store import StoreError, store_advice
 
     runner = Runner(args.store, workers=args.workers)
@@ -618,8 +619,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from asymviz import lab
-    from asymviz.jobs import Runner, Trouble, log_fatal_signals
+    from asymviz import lab, owners, policy
+    from asymviz.jobs import Runner
+    from asymviz.lab import Trouble, log_fatal_signals
     from asymviz.store import StoreError, store_advice
 
     log_fatal_signals()
@@ -630,8 +632,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runner = server = None
     seen: dict[int, str] = {}
     try:
-        lab.offered_datasets()  # a bad ASYMVIZ_DATASETS stops here, before anything starts
-        lab.auth_mode()
+        policy.offered_datasets()  # a bad ASYMVIZ_DATASETS stops here, before anything starts
+        owners.auth_mode()
         runner = Runner(workers=args.workers)
         runner.start(force=True)
         lab.write_pool_status(runner)
@@ -726,7 +728,8 @@ def _experiment_spec(args: argparse.Namespace):
 
 def _experiment_runner(args: argparse.Namespace):
     """The runner whose worker pool trains the cells (none with --report-only or external workers)."""
-    from asymviz.jobs import Limits, Runner
+    from asymviz.jobs import Runner
+    from asymviz.policy import Limits
 
     external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
     limits = Limits.from_env()

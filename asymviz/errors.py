@@ -1,4 +1,4 @@
-"""Named errors of asymviz.
+"""Named errors of asymviz, and the one sentence an error is shown as (`error_sentence`).
 
 Every error a user can cause carries one sentence saying what was wrong and what is
 accepted; the CLI prints it and exits 2, the dashboard shows it with `st.error`.
@@ -28,3 +28,13 @@ class FieldError(ConfigError):
     def __init__(self, sentence: str, field: str, value, accepts: str) -> None:
         super().__init__(sentence)
         self.field, self.value, self.accepts = field, value, accepts
+
+
+def error_sentence(exc: BaseException) -> str:
+    """The one line to show or store for an error: an AsymvizError's own sentence, else
+    '<Type>: <message>' (a run that failed, a store that could not be written)."""
+    if isinstance(exc, AsymvizError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())  # one line

@@ -1,4 +1,5 @@
-"""Where queued runs train: the background runner's executors.
+"""Where queued runs train: the background runner's executors, and `execute`, which trains one
+claimed run the same way in each of them.
 
     local  the runner's own pool of worker processes on this machine (asymviz.jobs; the default)
     ray    a Ray cluster: RAY_ADDRESS names one to join; unset, a local Ray head is started
@@ -11,8 +12,10 @@ trains: runs are queued, claimed, stopped and reconciled there exactly as with t
 and only the training itself moves to the cluster. `RayExecutor` is the server's side: a
 dispatcher thread claims queued runs (as many as the cluster has CPUs for, 1 CPU per run by
 default; a `device=cuda` run asks for 1 GPU), checks each again against the instance's limits
-and dataset allow-list, and sends it as a Ray task. The task runs the same `jobs.execute` and
-`StoreCallback` as a local worker, so a run records the same metrics, masks and grids.
+and dataset allow-list (asymviz.policy), and sends it as a Ray task. The task runs the same
+`execute` as a local worker: `fit` with a `StoreCallback` (asymviz.recording), and on the local
+pool a `PaceCallback` (asymviz.pace), so a run records the same metrics, masks and grids. A run
+whose code raises ends `failed` with one sentence; the worker goes on.
 
 How metrics travel back: through a sink actor (`RunSink`) that the server starts on its own
 node. The task's store callback writes into a `SinkWriter` with MetricWriter's interface; every
@@ -59,12 +62,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from asymviz.errors import AsymvizError, ConfigError
+from asymviz import pace
+from asymviz.errors import ConfigError, error_sentence
+from asymviz.config import env_number
+from asymviz.lab import HOST, cpu_count
+from asymviz.recording import StoreCallback, finish_run
 from asymviz.store import RunNotFound, RunStateError, Store
+from asymviz.train import TrainConfig, fit
 
 EXECUTORS = ("local", "ray")
+POLL_S = 0.15  # an idle worker (or the Ray dispatcher) looks for queued runs this often
+SUPERVISE_S = 0.5  # a pool's supervisor checks its workers and stop requests this often
+RECONCILE_S = 15.0  # ... and the whole store (stale heartbeats, other pools) this often
+INTERRUPTED_BY_SHUTDOWN = "The run was interrupted: its worker pool shut down before it finished."
 HEARTBEAT_S = 10.0  # the dispatcher refreshes the heartbeat of runs it has sent this often
 SINK_FLUSH_RECORDS = 200  # a node sends its buffered records after this many ...
 SINK_FLUSH_S = 0.5  # ... or this many seconds, whichever comes first
@@ -100,6 +112,39 @@ def cpus_per_run() -> int:
     return int(text)
 
 
+# ----------------------------------------------------------------------------- one run, on either executor
+
+def execute(store: Store, run: dict, interrupt: Callable[[], str | None] | None = None,
+            check_every: float | None = None) -> str:
+    """Train one claimed (running) run into the store; return its final status ("deleted" if
+    it was deleted meanwhile). Errors end the run `failed` with one sentence; none escape but a
+    StoreError that kept even that end from being written (the local worker's loop, `jobs.work`,
+    writes it later).
+    store: a Store, or on a Ray node the sink's stand-in (`SinkStore`)."""
+    run_id = run["id"]
+    callback = StoreCallback(store, run_id, interrupt=interrupt, check_every=check_every)
+    try:
+        callbacks, resume = [callback], None
+        if isinstance(store, Store):  # pace (pause, step, yield) is the local pool's; a Ray run trains at full speed
+            callbacks.append(pace.PaceCallback(store, run, callback._check_stop, lambda: callback.writer.flush()))
+            pace.prune_checkpoints(store)
+            resume = pace.resume_point(store, run)  # a paused run that gave its worker back goes on
+        store.add_event(run_id, "started", f"Started by worker pid {os.getpid()} on {HOST}." if resume is None else
+                        f"Resumed at step {resume['step']} by worker pid {os.getpid()} on {HOST}.")
+        fit(TrainConfig.from_dict(run["config"]), callbacks, resume=resume)
+        return callback.final_status or "finished"
+    except pace.Held:  # released, but paused again before its first step: back to the queue
+        callback.close()
+        pace.requeue(store, run_id)
+        return "held"
+    except RunNotFound:
+        return "deleted"
+    except Exception as exc:  # the worker survives whatever the run's code raises
+        callback.close()  # keep every metric written before the error
+        finish_run(store, run_id, "failed", error=error_sentence(exc))
+        return "failed"
+
+
 # ----------------------------------------------------------------------------- connecting
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -108,8 +153,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     travels with the job, so the nodes import the server's code."""
     require_ray()
     import ray
-
-    from asymviz.jobs import cpu_count
 
     package = str(Path(__file__).resolve().parent)
     address = (address if address is not None else os.environ.get("RAY_ADDRESS", "")).strip()
@@ -250,7 +293,7 @@ class RunSink:
 # ----------------------------------------------------------------------------- the node's side
 
 class SinkStore:
-    """On a node: the part of Store that `jobs.execute`, `StoreCallback` and `finish_run` use,
+    """On a node: the part of Store that `execute`, `StoreCallback` and `finish_run` use,
     answered by the server's sink actor."""
 
     def __init__(self, sink, run_id: int):
@@ -288,8 +331,6 @@ class SinkStore:
         return self.poll() == "stop"
 
     def interrupt(self) -> str | None:
-        from asymviz.jobs import INTERRUPTED_BY_SHUTDOWN
-
         return INTERRUPTED_BY_SHUTDOWN if self.poll() == "shutdown" else None
 
 
@@ -338,8 +379,6 @@ def train_on_node(run: dict, sink, csv: bytes | None, check_every: float, thread
     import ray
     import torch
 
-    from asymviz import jobs
-
     torch.set_num_threads(threads)
     config = dict(run["config"])
     if config.get("device") == "auto" and not ray.get_gpu_ids():
@@ -347,8 +386,8 @@ def train_on_node(run: dict, sink, csv: bytes | None, check_every: float, thread
     if csv is not None:  # the run's options name the upload by id; the node keeps its own copy
         _keep_upload(csv, config["dataset_options"]["label"])
     store = SinkStore(sink, run["id"])
-    store.call("hello", run["id"], os.getpid(), jobs.HOST)
-    return jobs.execute(store, {**run, "config": config}, interrupt=store.interrupt, check_every=check_every)
+    store.call("hello", run["id"], os.getpid(), HOST)
+    return execute(store, {**run, "config": config}, interrupt=store.interrupt, check_every=check_every)
 
 
 def csv_payload(config) -> bytes | None:
@@ -379,11 +418,9 @@ class RayExecutor:
 
     def __init__(self, store: Store, limits, stop_grace: float, stale_after: float,
                  max_runs: int | None = None):
-        from asymviz.jobs import _env_float
-
         self.store, self.limits = store, limits
         self.stop_grace, self.stale_after = stop_grace, stale_after
-        self.check_every = _env_float("ASYMVIZ_STOP_CHECK_S", 0.2)  # the server's setting governs the nodes
+        self.check_every = env_number("ASYMVIZ_STOP_CHECK_S", 0.2)  # the server's setting governs the nodes
         self.cpus = cpus_per_run()
         self._fixed_runs = max_runs
         self.max_runs = max_runs or 1
@@ -422,8 +459,6 @@ class RayExecutor:
         still running after `grace` seconds, and disconnect from Ray (ending a local head)."""
         import ray
 
-        from asymviz.jobs import INTERRUPTED_BY_SHUTDOWN
-
         self._halt.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -455,8 +490,6 @@ class RayExecutor:
         """Pids of the Ray worker processes on this machine that train runs now."""
         import ray
 
-        from asymviz.jobs import HOST
-
         with self._lock:
             run_ids = list(self._inflight)
         return ray.get(self._sink.worker_pids.remote(run_ids, HOST)) if run_ids else []
@@ -464,8 +497,6 @@ class RayExecutor:
     # -- the dispatcher ---------------------------------------------------------------
 
     def _loop(self) -> None:
-        from asymviz.jobs import POLL_S, RECONCILE_S, SUPERVISE_S, error_sentence
-
         now = time.monotonic()
         next_stops, next_beat, next_reconcile = now, now + HEARTBEAT_S, now + RECONCILE_S
         while not self._halt.wait(POLL_S):
@@ -497,8 +528,6 @@ class RayExecutor:
     def _dispatch(self) -> None:
         """Claim queued runs while the cluster has room, and send them; a run that cannot be
         sent ends `failed` with one sentence (never left `running`)."""
-        from asymviz.jobs import HOST, error_sentence, finish_run
-
         while not self._halt.is_set() and self.workers_alive() < self.max_runs:
             if not self.store.count(("queued",)):
                 return
@@ -511,8 +540,6 @@ class RayExecutor:
                 finish_run(self.store, run["id"], "failed", error=error_sentence(exc))
 
     def _send(self, run: dict) -> None:
-        from asymviz.train import TrainConfig
-
         # A stored config is checked again here: nothing over a limit leaves the server.
         config = TrainConfig.from_dict(run["config"]).validated()
         self.limits.check_config(config)
@@ -548,8 +575,6 @@ class RayExecutor:
         """Cancel the task of a run still running stop_grace s after its stop request (ends `stopped`)."""
         import ray
 
-        from asymviz.jobs import finish_run
-
         with self._lock:
             mine = dict(self._inflight)
         now = time.monotonic()
@@ -571,8 +596,6 @@ class RayExecutor:
 
     def _end_if_running(self, run_id: int, status: str, error: str | None) -> None:
         """Give a run whose task has gone its final status, unless the task set one itself."""
-        from asymviz.jobs import finish_run
-
         try:
             if self.store.get_run(run_id)["status"] == "running":
                 finish_run(self.store, run_id, status, error=error)
@@ -595,8 +618,6 @@ def _outcome(ref) -> tuple[str | None, str | None]:
     import ray
     from ray import exceptions as rex
 
-    from asymviz.jobs import error_sentence
-
     try:
         ray.get(ref)
         return "interrupted", "The run was interrupted: its Ray task ended without a final status."
@@ -608,7 +629,7 @@ def _outcome(ref) -> tuple[str | None, str | None]:
         return "interrupted", "The run was interrupted: Ray killed its worker because the node ran out of memory."
     except (rex.WorkerCrashedError, rex.ObjectLostError):
         return "interrupted", "The run was interrupted: its Ray worker process died."
-    except rex.RayTaskError as exc:  # the task's own code raised past jobs.execute (e.g. the sink is gone)
+    except rex.RayTaskError as exc:  # the task's own code raised past `execute` (e.g. the sink is gone)
         return "failed", error_sentence(exc.cause if isinstance(exc.cause, BaseException) else exc)
     except rex.RayError as exc:
         return "interrupted", f"The run was interrupted: Ray reported {type(exc).__name__}."

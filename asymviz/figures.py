@@ -484,7 +484,7 @@ def connection_figure(mask, title: str = "Connection mask", max_size: int = MAX_
 
 def grid_classes(grid: dict) -> tuple[np.ndarray, np.ndarray, int]:
     """(cls (ny, nx) predicted class, conf (ny, nx) its probability, number of classes) of a
-    decision grid in either form: {"cls", "conf"} (asymviz.jobs.decision_grid) or
+    decision grid in either form: {"cls", "conf"} (asymviz.recording.decision_grid) or
     {"prob": ny x nx x C} (asymviz.train.predict_grid)."""
     if grid.get("prob") is not None:
         prob = np.asarray(grid["prob"], dtype=np.float32)  # (ny, nx, C)

@@ -1,12 +1,14 @@
-"""Hosting asymviz for a class: the lab's configuration from the environment, the worker pool's
-status file, and the process and machine numbers the instructor view shows. No Streamlit here:
-`python -m asymviz serve`, the dashboard (ui_common.py, pages/5_Instructor.py) and
-scripts/measure_lab.py share it.
+"""Hosting asymviz: the machine and the processes a lab runs on. No Streamlit here, and no other
+asymviz module but `errors`: the store, the Runner, the executors, `serve` (cli.py), the
+dashboard (ui_common.py, pages/5_Instructor.py) and scripts/measure_lab.py all build on it.
 
-    ASYMVIZ_DATASETS=digits,moons,csv   the datasets this lab offers (default: all of them)
-    ASYMVIZ_PASSWORD                    one password for the whole instance (checked by ui_common)
-    ASYMVIZ_INSTRUCTOR_PASSWORD         the instructor view's password (unset: the view is disabled)
-    ASYMVIZ_AUTH=oidc                   log in with Streamlit's st.login instead (README)
+    home()                    $ASYMVIZ_HOME (default ~/.asymviz): the store, caches, uploads, pool file
+    cpu_count()               the cores this process may use, capped by a container's CPU quota
+    pid_alive(pid, host)      whether a process runs (a zombie does not)
+    read_pool_status()        which processes train for this lab (the pool status file)
+    rss_mb(pid), memory(), load()   the numbers the Instructor page shows
+    die_with_parent(args)     a child command that cannot outlive this process
+    Trouble("worker")         a long-lived loop's failure, logged once, retried with back-off
 
 The pool status file ($ASYMVIZ_HOME/workers.json) is how a server started by `serve` (whose
 Streamlit process runs no workers: ASYMVIZ_EXTERNAL_WORKERS=1) learns which processes train,
@@ -16,19 +18,21 @@ when none will). `die_with_parent` is how `serve` keeps its Streamlit child from
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import faulthandler
 import json
+import math
 import os
 import socket
 import sys
 import time
 from pathlib import Path
 
-from asymviz.errors import ConfigError
+from asymviz.errors import error_sentence
 
+HOST = socket.gethostname()
 POOL_FILE = "workers.json"  # in $ASYMVIZ_HOME, next to asymviz.db
-DAY_S = 86_400.0
+CGROUP_ROOT = "/sys/fs/cgroup"
+MAX_BACKOFF_S = 30.0  # a failing loop (or a worker that cannot start) retries at least this often
 
 
 def home() -> Path:
@@ -36,69 +40,44 @@ def home() -> Path:
     return Path(os.environ.get("ASYMVIZ_HOME") or "~/.asymviz").expanduser()
 
 
-# ----------------------------------------------------------------------------- datasets
+# ----------------------------------------------------------------------------- cores
 
-class DatasetNotOffered(ConfigError):
-    """A run asks for a dataset this lab does not offer (ASYMVIZ_DATASETS)."""
+def cpu_quota(root: str | None = None) -> float | None:
+    """The CPUs a container's CFS quota allows (`docker run --cpus N`: N), or None without one.
 
-
-def all_datasets() -> list[str]:
-    """Every dataset name in the order the Train page lists them: embedded, download, csv."""
-    from asymviz.data import list_datasets
-
-    return [info.name for kind in ("embedded", "download", "csv") for info in list_datasets(kind)]
-
-
-def offered_datasets() -> list[str]:
-    """The datasets this lab offers: $ASYMVIZ_DATASETS (comma-separated names; `csv` allows
-    uploads), in display order; all of them when unset. ConfigError for an unknown name."""
-    known = all_datasets()
-    text = os.environ.get("ASYMVIZ_DATASETS", "").strip()
-    if not text:
-        return known
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        what = f"unknown dataset(s) {', '.join(map(repr, unknown))}" if unknown else "no dataset"
-        raise ConfigError(f"ASYMVIZ_DATASETS names {what}; use a comma-separated list of: {', '.join(known)}.")
-    return [n for n in known if n in names]
+    cgroup v2: `cpu.max` ("QUOTA PERIOD" or "max PERIOD"); v1: `cpu/cpu.cfs_quota_us` and
+    `cpu/cpu.cfs_period_us` (quota -1: none). Read at the cgroup root, which is the container's own.
+    """
+    base = Path(root or CGROUP_ROOT)
+    try:
+        quota, period = (base / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
-def check_dataset(name: str) -> None:
-    """Raise DatasetNotOffered (one sentence) if this lab does not offer dataset `name`."""
-    if name not in all_datasets():
-        return  # not a dataset at all: the loader says so, listing the valid names
-    offered = offered_datasets()
-    if name not in offered:
-        raise DatasetNotOffered(f"This lab offers only the datasets {', '.join(offered)} "
-                                f"(ASYMVIZ_DATASETS); {name!r} is not one of them.")
-
-
-# ----------------------------------------------------------------------------- passwords
-
-def password_token(password: str) -> str:
-    """What a session keeps once it has entered `password` (never the password itself)."""
-    return hashlib.sha256(b"asymviz-lab\0" + password.encode()).hexdigest()
-
-
-def password_matches(entered: str, expected: str) -> bool:
-    """Constant-time comparison (of digests, so the length does not leak either)."""
-    return hmac.compare_digest(password_token(entered or ""), password_token(expected))
-
-
-def auth_mode() -> str:
-    """'oidc' when ASYMVIZ_AUTH=oidc (Streamlit's st.login), else 'password' (maybe none)."""
-    mode = os.environ.get("ASYMVIZ_AUTH", "").strip().lower()
-    if mode not in ("", "password", "oidc"):
-        raise ConfigError(f"ASYMVIZ_AUTH must be 'oidc' or unset, got {mode!r}.")
-    return mode or "password"
+def cpu_count(root: str | None = None) -> int:
+    """The cores this process may use: its affinity mask, capped by a container's CPU quota
+    (rounded up), so `--cpus 4` on a 64-core host means 4 worker processes, not 64."""
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 # ----------------------------------------------------------------------------- the pool's status
 
 def write_pool_status(runner, path: Path | None = None) -> dict:
     """Record which processes train for this store (called by `serve` about once a second)."""
-    status = {"pid": os.getpid(), "host": socket.gethostname(), "workers": runner.workers,
+    status = {"pid": os.getpid(), "host": HOST, "workers": runner.workers,
               "executor": getattr(runner, "executor", "local"), "pids": runner.worker_pids(),
               "updated_at": time.time()}
     path = path or home() / POOL_FILE
@@ -123,7 +102,7 @@ def read_pool_status(path: Path | None = None) -> dict | None:
         status = json.loads((path or home() / POOL_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if status.get("host") != socket.gethostname() or not pid_alive(status.get("pid")):
+    if status.get("host") != HOST or not pid_alive(status.get("pid")):
         return None
     status["pids"] = [pid for pid in status.get("pids", []) if pid_alive(pid)]
     return status
@@ -151,7 +130,7 @@ def pool_problem(runner, path: Path | None = None) -> tuple[bool, str] | None:
         status = json.loads((path or home() / POOL_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(status, dict) or status.get("host") != socket.gethostname():
+    if not isinstance(status, dict) or status.get("host") != HOST:
         return None
     if not pid_alive(status.get("pid")):
         return True, (f"The worker pool of this lab (the `python -m asymviz serve` process, pid "
@@ -163,7 +142,7 @@ def pool_problem(runner, path: Path | None = None) -> tuple[bool, str] | None:
     return None
 
 
-# ----------------------------------------------------------------------------- child processes
+# ----------------------------------------------------------------------------- processes
 
 _DIE_WITH_PARENT = """\
 import ctypes, os, signal, sys
@@ -185,17 +164,76 @@ def die_with_parent(args: list[str]) -> list[str]:
     return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
-def pid_alive(pid) -> bool:
-    """Whether process `pid` exists on this host (and is not a zombie)."""
+def pid_alive(pid, host: str | None = None) -> bool:
+    """Whether process `pid` runs on `host` (None or "": this host). A zombie (exited, not yet
+    reaped by its parent) does not run; a process on another host is assumed to run, since
+    this one cannot see it."""
+    if host and host != HOST:
+        return True
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # exists, owned by someone else
+        pass
     return process_state(pid) not in ("Z", "X")
+
+
+def log_fatal_signals() -> None:
+    """Let a fatal signal (SIGBUS, SIGSEGV, ...) leave a Python traceback on stderr, so a process
+    of the lab never ends without a line in its log (a no-op where stderr is not a file)."""
+    try:
+        faulthandler.enable()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class Trouble:
+    """A problem a long-lived loop keeps meeting (a store that cannot be written, a status file
+    that cannot be replaced): logged once with what to do when it starts (again only if its
+    sentence changes) and once when it is over; `failed` says how long to wait before the next
+    try, doubling from `first` up to `cap` seconds.
+
+        trouble = Trouble("supervisor")
+        try: ...; trouble.recovered()
+        except StoreError as exc: time.sleep(trouble.failed(exc, store_advice(path, exc)))
+    """
+
+    def __init__(self, who: str, first: float = 1.0, cap: float = MAX_BACKOFF_S):
+        self.who, self.first, self.cap = who, first, cap
+        self.failures = 0
+        self.delay = 0.0
+        self._since = 0.0
+        self._said: str | None = None
+
+    def failed(self, exc: BaseException, advice: str | None = None) -> float:
+        """Count one failure (log it if it is new); the seconds to wait before trying again."""
+        sentence = error_sentence(exc)
+        if not self.failures:
+            self._since = time.monotonic()
+        self.failures += 1
+        self.delay = min(self.cap, 2 * self.delay if self.delay else self.first)
+        if sentence != self._said:
+            self._said = sentence
+            fix = f" To fix it, {advice}." if advice and advice not in sentence else ""
+            self._log(f"{sentence}{fix} Retrying with back-off (up to every {self.cap:g} s); logged again "
+                      "only if this changes, and when it works again.")
+        return self.delay
+
+    def recovered(self) -> None:
+        """The last try worked: say so once if it had been failing."""
+        if self.failures:
+            self._log(f"works again, after {self.failures} failed tries in "
+                      f"{time.monotonic() - self._since:.0f} s.")
+            self.failures, self.delay, self._said = 0, 0.0, None
+
+    def _log(self, text: str) -> None:
+        try:
+            print(f"asymviz {self.who}: {text}", file=sys.stderr, flush=True)
+        except OSError:  # the log itself cannot be written (it may live on the same failing disk)
+            pass
 
 
 # ----------------------------------------------------------------------------- machine numbers
@@ -247,37 +285,8 @@ def memory() -> dict:
 
 def load() -> dict:
     """CPU load: the 1, 5 and 15 minute load averages and the cores this process may use."""
-    from asymviz.jobs import cpu_count
-
     try:
         one, five, fifteen = os.getloadavg()
     except OSError:
         one = five = fifteen = None
     return {"load_1": one, "load_5": five, "load_15": fifteen, "cores": cpu_count()}
-
-
-# ----------------------------------------------------------------------------- old runs
-
-def ended_runs(store, older_than_days: float = 0.0, now: float | None = None) -> list[dict]:
-    """Runs that have ended (finished, stopped, failed, diverged, interrupted) more than
-    `older_than_days` days ago; 0 means every ended run."""
-    from asymviz.store import TERMINAL
-
-    cutoff = (now or time.time()) - max(0.0, older_than_days) * DAY_S
-    return [run for run in store.list_runs(status=sorted(TERMINAL))
-            if older_than_days <= 0 or (run["finished_at"] or run["created_at"] or 0) < cutoff]
-
-
-def clear_ended_runs(runner, older_than_days: float = 0.0) -> list[int]:
-    """Delete (as an administrator) the runs `ended_runs` lists; their ids."""
-    from asymviz.owners import ADMIN
-    from asymviz.store import RunNotFound
-
-    deleted = []
-    for run in ended_runs(runner.store, older_than_days):
-        try:
-            runner.delete(run["id"], owner=ADMIN)
-        except RunNotFound:  # deleted meanwhile by its owner
-            continue
-        deleted.append(run["id"])
-    return deleted

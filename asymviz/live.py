@@ -242,7 +242,7 @@ class LiveRun:
 
     def grid(self, store) -> dict | None:
         """The newest decision-boundary grid artifact (fetched again only after a new epoch)."""
-        from asymviz.jobs import GRID_KIND
+        from asymviz.recording import GRID_KIND
         with self._lock:
             seen = (len(self._epochs), self._run["status"])  # a grid is recorded at each epoch's end
             if self._grid[0] != seen:
@@ -252,7 +252,7 @@ class LiveRun:
 
     def reference(self, store) -> dict | None:
         """The finished symmetric run of the same config, {id, summary}, looked up every 15 s."""
-        from asymviz.jobs import find_reference_run
+        from asymviz.twins import find_reference_run
         with self._lock:
             when, ref = self._reference
             if time.monotonic() - when >= REFERENCE_EVERY_S:

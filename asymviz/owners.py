@@ -1,4 +1,5 @@
-"""Who may act on a run: owner names, the PINs that claim them, and the administrator.
+"""Who may use the lab and act on its runs: the lab's passwords and login mode, owner names, the
+PINs that claim them, and the administrator.
 
 A run belongs to an owner name, and only that owner may stop or delete it. The command line is
 the machine's own user: it acts as the administrator (`ADMIN`, any run), and so does the
@@ -15,6 +16,12 @@ guest names), so no session can claim them. A PIN is stored only as a salted scr
 Attempts are counted per name in the store, before the PIN is checked (parallel guesses cannot
 slip past the count): after FREE_ATTEMPTS wrong ones in a row the name is locked for LOCK_S
 seconds, twice as long after each further wrong one, up to MAX_LOCK_S; a right PIN resets it.
+
+Before any name, a session may need the lab's password (checked by ui_common's access gate):
+
+    ASYMVIZ_PASSWORD                    one password for the whole instance
+    ASYMVIZ_INSTRUCTOR_PASSWORD         the Instructor page's password (unset: the page is disabled)
+    ASYMVIZ_AUTH=oidc                   log in with Streamlit's st.login instead (README)
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import os
 import re
 import secrets
 from typing import Mapping
 
-from asymviz.errors import AsymvizError
+from asymviz.errors import AsymvizError, ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,39}$")
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,99}$")  # a provider's e-mail or user name
@@ -57,6 +65,32 @@ ADMIN = Administrator()
 class SignInError(AsymvizError):
     """A name or PIN that cannot sign a session in (the sentence says why and what to do)."""
 
+
+class NotOwner(AsymvizError):
+    """Someone other than a run's owner (or an administrator) tried to act on it."""
+
+
+# ----------------------------------------------------------------------------- the lab's passwords
+
+def password_token(password: str) -> str:
+    """What a session keeps once it has entered `password` (never the password itself)."""
+    return hashlib.sha256(b"asymviz-lab\0" + password.encode()).hexdigest()
+
+
+def password_matches(entered: str, expected: str) -> bool:
+    """Constant-time comparison (of digests, so the length does not leak either)."""
+    return hmac.compare_digest(password_token(entered or ""), password_token(expected))
+
+
+def auth_mode() -> str:
+    """'oidc' when ASYMVIZ_AUTH=oidc (Streamlit's st.login), else 'password' (maybe none)."""
+    mode = os.environ.get("ASYMVIZ_AUTH", "").strip().lower()
+    if mode not in ("", "password", "oidc"):
+        raise ConfigError(f"ASYMVIZ_AUTH must be 'oidc' or unset, got {mode!r}.")
+    return mode or "password"
+
+
+# ----------------------------------------------------------------------------- owner names
 
 def normalize(name: str) -> str:
     """The name as it is kept: outer spaces dropped, inner runs of spaces made one."""

@@ -6,7 +6,7 @@
     pace.last_step(store, ids[0])    # the last step the run has recorded
 
 A run's pace is a row of the store's `pace` table: the dashboard writes it, the run's worker
-reads it through `PaceCallback` (asymviz.jobs attaches one next to the StoreCallback):
+reads it through `PaceCallback` (asymviz.executors.execute attaches one next to the StoreCallback):
 - speed: at most that many steps per second (0: full speed); the worker waits between steps,
   outside the timed step, so timings stay true.
 - paused: the worker holds the run between two steps, after writing out its records and a
@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 
 from asymviz import checkpoint
 from asymviz.errors import AsymvizError, ConfigError
+from asymviz.owners import NotOwner
 from asymviz.snapshot import Recorder, is_small
 from asymviz.store import RunNotFound, Store
 from asymviz.train import Callback, FitContext
@@ -101,8 +102,6 @@ def get(store: Store, run_id: int) -> Pace:
 
 
 def _owned(store: Store, run_ids: Iterable[int], owner: str | None) -> list[int]:
-    from asymviz.jobs import NotOwner
-
     ids = [int(i) for i in run_ids]
     for run_id in ids:
         run = store.get_run(run_id)

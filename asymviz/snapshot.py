@@ -20,7 +20,7 @@ summary view, from the mask records. A snapshot is
      "neurons": 2-D data only: {"resolution", "x": [lo, hi], "y": [lo, hi], "layers": per hidden
                 layer, per neuron {"scale": max |output|, "q": base64 of resolution^2 bytes,
                 round((output / scale + 1) * 127.5), rows following y}},
-     "boundary": 2-D data only: the decision grid of asymviz.jobs.decision_grid}
+     "boundary": 2-D data only: the decision grid of asymviz.recording.decision_grid}
 
 Neuron outputs and the boundary are computed in eval mode on a grid over the training points
 (no randomness is drawn, so a snapshotted run trains exactly as one that is not).
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from asymviz.model import ACTIVATIONS
+from asymviz.recording import decision_grid, grid_axes
 
 MAX_HIDDEN_LAYERS = 8
 MAX_WIDTH = 16
@@ -116,8 +117,6 @@ class Recorder:
         return out
 
     def _grids(self) -> dict:
-        from asymviz.jobs import decision_grid, grid_axes  # (jobs imports this module's users)
-
         model = self.model
         if self._points is None:
             x = self.data.x_train.to(self.device)

@@ -9,7 +9,7 @@ in WAL mode, so one writer and many readers (other processes included) work at o
     run = store.claim_next(os.getpid(), socket.gethostname())   # a worker takes it
     with store.writer(run["id"]) as w:   # batched: one transaction per flush
         w.add_step({"step": 0, "epoch": 0, "train/loss": 2.3})
-    store.set_status(run["id"], "finished", summary={"test/acc": 0.97})
+    store.set_status(run["id"], "finished", summary={"test_acc": 0.97})
     store.steps_downsampled(run_id, max_points=500)    # a chart never loads a long run whole
 
 Tables (see MIGRATIONS): `runs` (one row per run; `config` and `summary` are JSON text),
@@ -46,7 +46,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import sqlite3
 import struct
 import sys
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from asymviz.errors import AsymvizError, ConfigError
+from asymviz.lab import home, pid_alive
 
 STATUSES = ("queued", "running", "finished", "stopped", "failed", "diverged", "interrupted")
 TERMINAL = frozenset({"finished", "stopped", "failed", "diverged", "interrupted"})
@@ -242,9 +242,8 @@ class RunStateError(AsymvizError):
 
 
 def default_path() -> Path:
-    """`$ASYMVIZ_HOME/asymviz.db`; ASYMVIZ_HOME defaults to `~/.asymviz`."""
-    home = os.environ.get("ASYMVIZ_HOME") or "~/.asymviz"
-    return Path(home).expanduser() / "asymviz.db"
+    """`$ASYMVIZ_HOME/asymviz.db`; ASYMVIZ_HOME defaults to `~/.asymviz` (`lab.home`)."""
+    return home() / "asymviz.db"
 
 
 def check_transition(run_id: int, old: str, new: str) -> None:
@@ -433,6 +432,9 @@ class Store:
                 if _is_busy(exc):
                     raise StoreError(f"The run store at {self.path} stayed locked by other "
                                      "processes for too long; try again.") from exc
+                cause = self._file_error()  # pulled from under us during this very operation: say so
+                if cause is not None:
+                    raise cause from exc
                 raise StoreError(f"The run store at {self.path} failed: {_reason(exc)}.") from exc
 
     @contextlib.contextmanager
@@ -632,10 +634,10 @@ class Store:
                   stale_after: float | None = 30.0) -> list[int]:
         """Mark `running` runs whose worker is gone as `interrupted`; return their ids.
 
-        A worker is gone when is_alive(pid, host) says so (default: os.kill(pid, 0) for a
-        worker on this host; workers on other hosts count as alive) or when its heartbeat is
+        A worker is gone when is_alive(pid, host) says so (default: `lab.pid_alive`: a worker on
+        this host that has exited or is a zombie is gone; workers on other hosts count as alive) or when its heartbeat is
         older than stale_after seconds (None: do not judge by heartbeat). Metrics are kept."""
-        is_alive = is_alive or _pid_alive
+        is_alive = is_alive or pid_alive
         now = time.time()
         running = self._query("SELECT id, worker_pid, worker_host, started_at, heartbeat_at "
                               "FROM runs WHERE status = 'running'")
@@ -1196,16 +1198,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror + (f": {exc.filename}" if exc.filename else "")
     return str(exc).rstrip(".")
-
-
-def _pid_alive(pid: int, host: str) -> bool:
-    """Whether process pid runs; a worker on another host is assumed alive."""
-    if host and host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True

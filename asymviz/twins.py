@@ -1,9 +1,11 @@
 """Twins: a run together with the symmetric and the dropout run of the same configuration and
-seed, the thesis's comparison in one click.
+seed, the thesis's comparison in one click; and a run's reference, the symmetric run of the same
+configuration that someone already trained.
 
     configs = twin_configs(config, dropout=0.5)   # [config, its symmetric twin, its dropout twin]
     tag = new_tag()                               # 'twins:3fa2c1d0': the group's tag in the store
     group(store, run)                             # the runs of a run's group, the main run first
+    find_reference_run(store, config)             # the newest finished symmetric run like config
 
 The symmetric twin is the same configuration with a plain backward (keeping the run's forward
 dropout, unless the run is itself the dropout strategy); the dropout twin is symmetric training
@@ -12,10 +14,12 @@ with dropout p. A run that already is one of the two baselines gets only the oth
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 
-from asymviz.errors import ConfigError
+from asymviz.errors import AsymvizError, ConfigError
+from asymviz.strategies import get_strategy
 from asymviz.train import TrainConfig
 
 TAG_PREFIX = "twins:"
@@ -76,3 +80,32 @@ def role(run: dict, main_id: int | None = None) -> str:
         return "main"
     strategy = (run.get("config") or {}).get("strategy")
     return strategy if strategy in ("symmetric", "dropout") else "main"
+
+
+# ----------------------------------------------------------------------------- reference runs
+
+def config_key(config: dict | TrainConfig, **override) -> str:
+    """Canonical JSON of a validated config with overrides, e.g. config_key(c, strategy="symmetric").
+
+    Options without effect are normalized (a strategy without a sparse backward ignores
+    sparsity, selection, sparse_output and the lazy/dense update), so equal keys mean the same
+    training."""
+    d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    d.update(override)
+    c = TrainConfig.from_dict(d).validated()
+    if not get_strategy(c.strategy).neuron_sparse:
+        c.sparse_output, c.update = False, "lazy"
+    return json.dumps(c.to_dict(), sort_keys=True)
+
+
+def find_reference_run(store, config: dict | TrainConfig) -> dict | None:
+    """The newest finished symmetric run whose config equals this one but for the strategy
+    options (strategy, sparsity, conn_sparsity, selection, granularity, ...); None if none."""
+    key = config_key(config, strategy="symmetric")
+    for run in store.list_runs(status="finished", strategy="symmetric"):
+        try:
+            if config_key(run["config"]) == key:
+                return run
+        except AsymvizError:  # a stored config this version no longer accepts
+            continue
+    return None

@@ -18,6 +18,7 @@ from asymviz import pagekit
 from asymviz.config import sparsity_problem
 from asymviz.data import DATASETS, store_upload
 from asymviz.model import MAX_HIDDEN_LAYERS, MAX_WIDTH
+from asymviz.recording import MASK_DENSE_STEPS, MASK_MAX_RECORDS
 from asymviz.sparse import keep_count
 from asymviz.store import RunNotFound
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
@@ -537,7 +538,8 @@ def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
             st.caption("Orange: weights of kept neurons that received gradient. " + (
                 "Excessive keeps, in each kept row, the connections with the largest |W|." if preset.connection == "weight"
                 else "Refined keeps whole input columns: the units most active over the batch."))
-        st.caption(f"Masks are recorded at every step up to 200 and then sampled (about 1,000 per layer per run); "
+        st.caption(f"Masks are recorded at every step up to {MASK_DENSE_STEPS} and then sampled (about "
+                   f"{MASK_MAX_RECORDS:,} per layer per run); "
                    f"{charts['records']} recorded so far. The dashed line is what choosing k neurons at random would give.")
 
 

@@ -144,7 +144,7 @@ st.plotly_chart(figures.compare_figure([(pagekit.run_label(r), epochs[r["id"]]) 
 
 @st.cache_data(ttl=15, max_entries=256, show_spinner=False)
 def reference_of(config_json: str) -> dict | None:
-    from asymviz.jobs import find_reference_run
+    from asymviz.twins import find_reference_run
     try:
         ref = find_reference_run(store, json.loads(config_json))
     except Exception:

@@ -15,7 +15,7 @@ import streamlit as st
 
 import ui_common
 import ui_lecture
-from asymviz import lab, live, owners, pagekit
+from asymviz import jobs, lab, live, owners, pagekit
 from asymviz.owners import ADMIN
 from asymviz.store import TERMINAL
 
@@ -194,10 +194,10 @@ st.subheader("Clear old runs")
 d1, d2 = st.columns([3, 1], vertical_alignment="bottom")
 days = d1.number_input("Runs that ended more than this many days ago (0 = every run that has ended)", 0.0, 3650.0,
                        value=7.0, step=1.0, key="instructor_clear_days")
-old = lab.ended_runs(store, float(days))
+old = jobs.ended_runs(store, float(days))
 if d2.button(f"Delete {len(old)} run{'' if len(old) == 1 else 's'}", key="instructor_clear",
              icon=":material/delete:", disabled=not old, use_container_width=True):
-    deleted = lab.clear_ended_runs(runner, float(days))
+    deleted = jobs.clear_ended_runs(runner, float(days))
     ss["instructor_cleared"] = len(deleted)
     st.rerun()
 st.caption(f"Deletes the runs (of every owner) that ended — {', '.join(sorted(TERMINAL))} — with their metrics. "

@@ -101,7 +101,8 @@ class Lab:
     """`python -m asymviz serve` on a free 127.0.0.1 port with a temporary ASYMVIZ_HOME."""
 
     def __init__(self, workers: int, refresh: float | None):
-        from asymviz.jobs import Limits, Runner
+        from asymviz.jobs import Runner
+        from asymviz.policy import Limits
 
         self.home = pathlib.Path(tempfile.mkdtemp(prefix="asymviz-load-"))
         self.port = free_port()

@@ -35,8 +35,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: polling, ports, health, /proc
 
 from asymviz import lab  # noqa: E402
-from asymviz.jobs import Limits, Runner, cpu_count  # noqa: E402
+from asymviz.jobs import Runner  # noqa: E402
+from asymviz.lab import cpu_count  # noqa: E402
 from asymviz.owners import ADMIN  # noqa: E402
+from asymviz.policy import Limits  # noqa: E402
 from helpers import cmdline, free_port, healthy, process_tree, until  # noqa: E402
 
 DEFAULT = {"dataset": "digits", "hidden": [256, 256], "strategy": "neuron", "sparsity": 0.9, "epochs": 500}

@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: the process tree, command lines
 
 from asymviz import executors  # noqa: E402
-from asymviz.jobs import Limits, Runner  # noqa: E402
+from asymviz.jobs import Runner  # noqa: E402
+from asymviz.policy import Limits  # noqa: E402
 from asymviz.train import TrainConfig  # noqa: E402
 from helpers import cmdline, descendants  # noqa: E402
 

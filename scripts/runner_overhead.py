@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from asymviz.jobs import Runner, StoreCallback, cpu_count  # noqa: E402
+from asymviz.jobs import Runner  # noqa: E402
+from asymviz.lab import cpu_count  # noqa: E402
+from asymviz.recording import StoreCallback  # noqa: E402
 from asymviz.store import Store  # noqa: E402
 from asymviz.train import TrainConfig, fit  # noqa: E402
 

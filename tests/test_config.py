@@ -230,3 +230,29 @@ def test_environment_readers(monkeypatch):
     monkeypatch.setenv("ASYMVIZ_TEST_N", "perhaps")
     with pytest.raises(FieldError, match="must be yes or no"):
         config.env_flag("ASYMVIZ_TEST_N")
+
+
+@pytest.mark.parametrize("default, text, value", [(4, "", 4), (4, " 7 ", 7), (4, "0", 0), (0.2, "1.5", 1.5),
+                                                  (10.0, "0", 0.0), (10.0, "", 10.0)])
+def test_the_labs_environment_numbers_are_read_by_the_defaults_kind(monkeypatch, default, text, value):
+    """ASYMVIZ_WORKERS, _WORKER_THREADS and the ASYMVIZ_MAX_* counts are whole numbers; the
+    seconds (ASYMVIZ_STOP_GRACE, _STALE_AFTER, _STOP_CHECK_S) are numbers; blank: the default."""
+    monkeypatch.setenv("ASYMVIZ_TEST_NUMBER", text)
+    got = (config.env_int if isinstance(default, int) else config.env_number)("ASYMVIZ_TEST_NUMBER", default)
+    assert got == value and type(got) is type(default)
+
+
+@pytest.mark.parametrize("default, text, sentence", [
+    (4, "2.5", "ASYMVIZ_TEST_NUMBER must be a whole number, got '2.5'."),
+    (4, "-1", "ASYMVIZ_TEST_NUMBER must be a whole number of 0 or more, got -1."),
+    (4, "\u00b2", "ASYMVIZ_TEST_NUMBER must be a whole number, got '\u00b2'."),
+    (0.2, "soon", "ASYMVIZ_TEST_NUMBER must be a number, got 'soon'."),
+    (0.2, "-0.5", "ASYMVIZ_TEST_NUMBER must be a number of 0 or more, got '-0.5'."),
+    (0.2, "nan", "ASYMVIZ_TEST_NUMBER must be a number of 0 or more, got 'nan'."),
+    (0.2, "inf", "ASYMVIZ_TEST_NUMBER must be a number of 0 or more, got 'inf'."),
+])
+def test_the_labs_environment_numbers_refuse_anything_else_with_one_sentence(monkeypatch, default, text, sentence):
+    monkeypatch.setenv("ASYMVIZ_TEST_NUMBER", text)
+    with pytest.raises(ConfigError) as err:
+        (config.env_int if isinstance(default, int) else config.env_number)("ASYMVIZ_TEST_NUMBER", default)
+    assert str(err.value) == sentence

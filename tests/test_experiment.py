@@ -18,7 +18,8 @@ from asymviz import experiment as ex
 from asymviz import figures_experiment as fx
 from asymviz.errors import ConfigError
 from asymviz.experiment import provenance, results, schedule, stats
-from asymviz.jobs import LimitExceeded, Limits, NotOwner
+from asymviz.owners import NotOwner
+from asymviz.policy import LimitExceeded, Limits
 from asymviz.store import Store
 from asymviz.train import TrainConfig, fit
 

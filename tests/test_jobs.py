@@ -1,9 +1,7 @@
-"""Tests of asymviz.jobs: limits and ownership, the store callback (metrics, masks, grids, stop),
-failed runs, and worker pools in real processes (finish, stop, hard kill, SIGKILL, shutdown,
-restart reconciliation, owner death)."""
+"""Tests of asymviz.jobs: limits and ownership through the Runner, failed runs (a worker's
+`executors.execute`), and worker pools in real processes (finish, stop, hard kill, SIGKILL,
+shutdown, restart reconciliation, owner death). The store callback has tests/test_recording.py."""
 
-import json
-import math
 import os
 import signal
 import socket
@@ -16,13 +14,15 @@ import pytest
 import torch
 
 import asymviz.jobs as jobs
+from asymviz import executors, lab, policy
 from asymviz.errors import ConfigError, DataError
-from asymviz.jobs import (GRID_KIND, INTERRUPTED_BY_PARENT, INTERRUPTED_BY_SHUTDOWN, LimitExceeded,
-                          Limits, NotOwner, Runner, StoreCallback, config_key, find_reference_run)
-from asymviz.owners import ADMIN
-from asymviz.sparse import MaskRecord
-from asymviz.store import RunStateError, Store, unpack_mask
-from asymviz.train import Callback, TrainConfig, fit, predict_grid
+from asymviz.executors import INTERRUPTED_BY_SHUTDOWN
+from asymviz.jobs import INTERRUPTED_BY_PARENT, Runner
+from asymviz.owners import ADMIN, NotOwner
+from asymviz.policy import LimitExceeded, Limits
+from asymviz.recording import GRID_KIND
+from asymviz.store import RunStateError, Store
+from asymviz.train import Callback, TrainConfig
 from helpers import until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def clean_env(tmp_path, monkeypatch):
     monkeypatch.setenv("ASYMVIZ_HOME", str(tmp_path))
     monkeypatch.setenv("ASYMVIZ_WORKER_THREADS", "1")  # see one_thread
     for name in ("ASYMVIZ_WORKERS", "ASYMVIZ_EXTERNAL_WORKERS", "ASYMVIZ_STOP_GRACE",
-                 "ASYMVIZ_STOP_CHECK_S", "ASYMVIZ_STALE_AFTER", *jobs.LIMIT_VARIABLES.values()):
+                 "ASYMVIZ_STOP_CHECK_S", "ASYMVIZ_STALE_AFTER", *policy.LIMIT_VARIABLES.values()):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -73,7 +73,7 @@ def started_events(store, run_id):
     return [e for e in store.events(run_id, limit=None) if e["kind"] == "started"]
 
 
-# -- limits, ownership, config keys (no processes) ----------------------------------------
+# -- limits, ownership (no processes) ------------------------------------------------------
 
 @pytest.mark.parametrize("limits, config, variable", [
     (Limits(max_epochs=5), {**QUICK, "epochs": 6}, "ASYMVIZ_MAX_EPOCHS"),
@@ -101,7 +101,7 @@ def test_parameter_limit_counts_the_model_that_would_be_built(path):
 def test_queue_limits_hold_for_submitters_in_different_processes(path):
     """Six processes (a dashboard, CLI calls, ...) submit for one owner at the same moment: the
     count and the insert are one store transaction, so exactly the limit gets in."""
-    code = ("import sys, time; from asymviz.jobs import Runner, Limits, LimitExceeded\n"
+    code = ("import sys, time; from asymviz.jobs import Runner; from asymviz.policy import Limits, LimitExceeded\n"
             "runner = Runner(sys.argv[1], workers=0, limits=Limits(max_runs_per_owner=3, max_queue=0))\n"
             "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
             "try:\n    print('queued', runner.submit({'dataset': 'moons', 'hidden': [16]}, owner='ana'))\n"
@@ -129,16 +129,6 @@ def test_per_owner_and_queue_limits(path):
     runner.stop(a1, owner="ana")  # a queued run stops at once and frees its place
     assert runner.status(a1)["status"] == "stopped"
     assert runner.submit(QUICK, owner="ana") > a2
-
-
-def test_limits_from_env(monkeypatch):
-    assert Limits.from_env() == Limits(5_000_000, 500, 4, 50)
-    monkeypatch.setenv("ASYMVIZ_MAX_EPOCHS", "7")
-    monkeypatch.setenv("ASYMVIZ_MAX_QUEUE", "0")  # 0 = no limit
-    assert Limits.from_env() == Limits(5_000_000, 7, 4, 0)
-    monkeypatch.setenv("ASYMVIZ_MAX_PARAMS", "lots")
-    with pytest.raises(ConfigError, match="ASYMVIZ_MAX_PARAMS must be a whole number"):
-        Limits.from_env()
 
 
 def test_unlimited_instance_accepts(path):
@@ -206,164 +196,29 @@ def test_a_running_run_cannot_be_deleted(store):
         runner.wait(run["id"], timeout=0.3, poll=0.05)
 
 
-def test_config_key_and_reference_run(store):
-    neuron = TrainConfig(dataset="moons", hidden=[16], strategy="neuron", sparsity=0.8).validated()
-    symmetric = TrainConfig(dataset="moons", hidden=[16], strategy="symmetric", update="dense",
-                            selection="random").validated().to_dict()
-    assert config_key(neuron, strategy="symmetric") == config_key(symmetric)
-    assert config_key(neuron) != config_key(symmetric)
-    assert json.loads(config_key(neuron))["sparsity"] == 0.8
-    assert config_key(neuron, strategy="symmetric", lr=0.1) != config_key(symmetric)
-
-    assert find_reference_run(store, neuron.to_dict()) is None
-    older, newer = (store.create_run(symmetric, owner="ana") for _ in range(2))
-    other = store.create_run({**symmetric, "seed": 1}, owner="ana")
-    for run_id in (older, newer, other):
-        store.claim_next(os.getpid(), HOST)
-        store.set_status(run_id, "finished")
-    store.create_run(symmetric, owner="ana")  # queued: not a reference
-    assert find_reference_run(store, neuron.to_dict())["id"] == newer
-    assert find_reference_run(store, {**neuron.to_dict(), "seed": 1})["id"] == other
-    assert find_reference_run(store, {**neuron.to_dict(), "seed": 2}) is None
-
-
-# -- the store callback, in this process ---------------------------------------------------
-
-def test_mask_sampling_is_bounded():
-    for total in (50, 200, 201, 1000, 10_000, 123_457):
-        due = [s for s in range(1, total + 1) if jobs.mask_step_due(s, total)]
-        assert due[: min(total, 200)] == list(range(1, min(total, 200) + 1))
-        assert len(due) <= jobs.MASK_MAX_RECORDS
-        if total >= 10_000:
-            assert len(due) >= 0.9 * jobs.MASK_MAX_RECORDS and due[-1] > 0.99 * total
+def test_ended_runs_by_age_and_clearing_them(path):
+    runner = Runner(path, workers=0)
+    store = runner.store
+    ids = {}
+    for name, status in (("queued", "queued"), ("running", "running"), ("old", "finished"),
+                         ("new", "failed")):
+        ids[name] = store.create_run({"dataset": "moons"}, owner=name)
+        if status != "queued":
+            store.set_status(ids[name], "running")
+            if status != "running":
+                store.set_status(ids[name], status)
+    now = time.time()
+    with store._transaction() as db:  # the old run ended ten days ago
+        db.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (now - 10 * jobs.DAY_S, ids["old"]))
+    assert [r["id"] for r in jobs.ended_runs(store, 7)] == [ids["old"]]
+    assert {r["id"] for r in jobs.ended_runs(store, 0)} == {ids["old"], ids["new"]}
+    assert jobs.clear_ended_runs(runner, 7) == [ids["old"]]
+    assert jobs.clear_ended_runs(runner, 0) == [ids["new"]]
+    assert {r["id"] for r in store.list_runs()} == {ids["queued"], ids["running"]}
+    store.close()
 
 
-def test_store_callback_streams_metrics_masks_and_grids(store):
-    config = TrainConfig(dataset="moons", hidden=[16], strategy="excessive", conn_sparsity=0.5,
-                         epochs=3, batch_size=32)
-    run = claimed(store, config.validated().to_dict())
-    callback = StoreCallback(store, run["id"], grid_share=1.0, mask_share=1.0)  # no thinning
-    result = fit(config, [callback])
-    run_id = run["id"]
-    row = store.get_run(run_id)
-    assert row["status"] == callback.final_status == "finished" and row["progress"] == 1.0
-    assert row["summary"]["test_acc"] == result["test_acc"] and row["error"] is None
-    steps = store.steps(run_id)
-    assert [s["step"] for s in steps] == list(range(1, result["steps"] + 1))
-    assert steps[0]["train/loss"] > 0 and "kept/layer0" in steps[0]
-    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3]
-
-    masks = store.masks(run_id)  # 66 steps: every step recorded, hidden layer only
-    assert [m["step"] for m in masks] == list(range(1, result["steps"] + 1))
-    assert {m["layer"] for m in masks} == {0} and {m["n"] for m in masks} == {16}
-    assert all(len(m["kept"]) == 2 for m in masks)  # keep = round(0.1 * 16)
-    snapshots = [m for m in masks if m["conn"] is not None]
-    assert [m["step"] for m in snapshots] == [1, 51]  # every 50th record
-    conn = unpack_mask(snapshots[0]["conn"])
-    assert conn.shape == (16, 2) and set(conn.any(1).nonzero()[0]) == set(snapshots[0]["kept"])
-
-    grids = store.artifacts(run_id, GRID_KIND)
-    assert [(g["epoch"], g["step"]) for g in grids] == [(1, 22), (2, 44), (3, 66)]
-    grid = grids[-1]["data"]
-    assert grid["resolution"] == 50 and len(grid["x"]) == len(grid["y"]) == 50
-    assert len(grid["cls"]) == 50 and {c for row in grid["cls"] for c in row} <= {0, 1}
-    assert all(0.5 <= p <= 1.0 and round(p, 3) == p for row in grid["conf"] for p in row)
-    assert [e["kind"] for e in store.events(run_id)] == ["finished"]
-
-
-def test_grids_keep_to_their_share_of_a_fast_run(store, monkeypatch):
-    config = TrainConfig(dataset="moons", hidden=[16], epochs=30)
-    run = claimed(store, config.validated().to_dict())
-    fit(config, [StoreCallback(store, run["id"], grid_share=1e-6)])
-    assert [g["epoch"] for g in store.artifacts(run["id"], GRID_KIND)] == [1, 30]
-    monkeypatch.setattr(jobs, "MAX_GRIDS", 10)  # 30 epochs: at most every 3rd
-    run = claimed(store, config.validated().to_dict())
-    fit(config, [StoreCallback(store, run["id"], grid_share=1.0)])
-    epochs = [g["epoch"] for g in store.artifacts(run["id"], GRID_KIND)]
-    assert epochs == [1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 30]
-
-
-def test_mask_records_keep_to_their_share_of_a_fast_run(store):
-    config = TrainConfig(dataset="moons", hidden=[16], epochs=2)
-    run = claimed(store, config.validated().to_dict())
-    fit(config, [StoreCallback(store, run["id"], mask_share=0.0)])
-    assert [m["step"] for m in store.masks(run["id"])] == [1]  # the first step always
-    assert len(store.steps(run["id"])) == 22  # metrics are never thinned
-
-
-def test_decision_grid_is_the_argmax_of_predict_grid():
-    torch.manual_seed(0)
-    model = jobs.MLP(2, [8], 3, strategy="symmetric")
-    x = torch.randn(40, 2)
-    grid = jobs.decision_grid(model, x, resolution=7)
-    prob = torch.tensor(predict_grid(model, x, resolution=7)["prob"])
-    assert grid["cls"] == prob.argmax(-1).tolist()
-    assert torch.allclose(torch.tensor(grid["conf"]), prob.max(-1).values, atol=5e-4)
-
-
-def test_decision_grid_of_a_diverged_model_is_still_json():
-    model = jobs.MLP(2, [4], 2, strategy="symmetric")
-    with torch.no_grad():
-        model.linears[0].weight.fill_(float("nan"))
-    grid = jobs.decision_grid(model, torch.randn(10, 2), resolution=4)
-    assert grid["conf"] == [[0.0] * 4] * 4
-    json.dumps(grid, allow_nan=False)
-
-
-def test_connection_snapshots_of_wide_layers_are_subsampled():
-    kept = torch.tensor([0, 5, 900, 1199])
-    cols = torch.arange(0, 600, 3)
-    rec = MaskRecord(1200, 600, kept, torch.zeros(1200), 1, conn_cols=cols)
-    snapshot = jobs.connection_snapshot(rec)
-    full = rec.connection_mask().numpy()
-    assert snapshot.shape == (400, 300) and (snapshot == full[::3, ::2]).all()
-    assert jobs.connection_snapshot(MaskRecord(8, 4, kept[:1], torch.zeros(8), 1,
-                                               conn_cols=cols[:1])).shape == (8, 4)
-
-
-def test_no_grids_for_data_that_is_not_2d_and_no_masks_for_symmetric(store):
-    config = TrainConfig(dataset="wine", hidden=[8], strategy="symmetric", epochs=2)
-    run = claimed(store, config.validated().to_dict())
-    fit(config, [StoreCallback(store, run["id"])])
-    assert store.get_run(run["id"])["status"] == "finished"
-    assert store.artifacts(run["id"], None) == [] and store.masks(run["id"]) == []
-    assert len(store.epochs(run["id"])) == 2
-
-
-class SlowRequester(Callback):
-    """Steps of 20 ms; at step `at` someone asks the store to stop the run."""
-
-    def __init__(self, store, run_id, at):
-        self.store, self.run_id, self.at = store, run_id, at
-
-    def on_step_end(self, ctx, record):
-        time.sleep(0.02)
-        if ctx.step == self.at:
-            self.store.request_stop(self.run_id)
-
-
-def test_a_stop_request_ends_the_run_within_a_couple_of_steps(store):
-    config = TrainConfig(dataset="moons", hidden=[16], epochs=50)
-    run = claimed(store, config.validated().to_dict())
-    callback = StoreCallback(store, run["id"])  # checks at most every 0.2 s
-    result = fit(config, [SlowRequester(store, run["id"], at=30), callback])
-    row = store.get_run(run["id"])
-    assert row["status"] == "stopped" and result["stop_reason"] == "stopped"
-    assert 30 <= result["steps"] <= 30 + 0.2 / 0.02 + 2
-    assert len(store.steps(run["id"])) == result["steps"]
-
-
-def test_an_interrupt_ends_the_run_interrupted(store):
-    config = TrainConfig(dataset="moons", hidden=[16], epochs=50)
-    run = claimed(store, config.validated().to_dict())
-    counter = iter(range(10**6))
-    callback = StoreCallback(store, run["id"], check_every=0.0,
-                             interrupt=lambda: INTERRUPTED_BY_SHUTDOWN if next(counter) == 5 else None)
-    result = fit(config, [callback])
-    row = store.get_run(run["id"])
-    assert row["status"] == "interrupted" and row["error"] == INTERRUPTED_BY_SHUTDOWN
-    assert result["steps"] == 6 and len(store.steps(run["id"])) == 6
-
+# -- a run's code that raises, a run deleted while it trains -----------------------------------
 
 class Boom(Callback):
     def on_step_end(self, ctx, record):
@@ -373,15 +228,15 @@ class Boom(Callback):
 
 def test_a_run_whose_code_raises_ends_failed_with_its_sentence(store, monkeypatch):
     bad = claimed(store, {**QUICK, "dataset_options": {"noise": "loud"}})
-    assert jobs.execute(store, bad) == "failed"
+    assert executors.execute(store, bad) == "failed"
     row = store.get_run(bad["id"])
     assert row["status"] == "failed" and "noise" in row["error"] and "\n" not in row["error"]
     assert not row["error"].startswith("DataError")  # an AsymvizError is its own sentence
 
-    real_fit = jobs.fit
-    monkeypatch.setattr(jobs, "fit", lambda config, callbacks, **kw: real_fit(config, [*callbacks, Boom()], **kw))
+    real_fit = executors.fit
+    monkeypatch.setattr(executors, "fit", lambda config, callbacks, **kw: real_fit(config, [*callbacks, Boom()], **kw))
     crash = claimed(store, TrainConfig(**QUICK).validated().to_dict())
-    assert jobs.execute(store, crash) == "failed"
+    assert executors.execute(store, crash) == "failed"
     row = store.get_run(crash["id"])
     assert row["status"] == "failed" and row["error"] == "RuntimeError: boom at step 5"
     assert [s["step"] for s in store.steps(crash["id"])] == [1, 2, 3, 4, 5]  # kept
@@ -396,9 +251,9 @@ def test_a_run_deleted_while_training_just_ends(store, monkeypatch):
             if ctx.step == 3:
                 store.delete_run(run["id"], force=True)
 
-    real_fit = jobs.fit
-    monkeypatch.setattr(jobs, "fit", lambda config, callbacks, **kw: real_fit(config, [Deleter(), *callbacks], **kw))
-    assert jobs.execute(store, run) == "deleted"
+    real_fit = executors.fit
+    monkeypatch.setattr(executors, "fit", lambda config, callbacks, **kw: real_fit(config, [Deleter(), *callbacks], **kw))
+    assert executors.execute(store, run) == "deleted"
     assert store.list_runs() == []
 
 
@@ -609,35 +464,12 @@ def test_get_runner_is_a_started_singleton(path, monkeypatch):
         jobs._RUNNERS.clear()
 
 
-@pytest.mark.parametrize("files,quota", [
-    ({"cpu.max": "400000 100000\n"}, 4.0),  # cgroup v2, docker run --cpus 4
-    ({"cpu.max": "150000 100000\n"}, 1.5),
-    ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
-    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
-    ({"cpu.max": "garbage\n"}, None),
-    ({}, None),  # no cgroup files at all
-])
-def test_cpu_quota_reads_the_containers_cgroup(tmp_path, files, quota):
-    from asymviz.jobs import cpu_count, cpu_quota
-
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert cpu_quota(str(tmp_path)) == quota
-    cores = len(os.sched_getaffinity(0))
-    expected = cores if quota is None else max(1, min(cores, math.ceil(quota)))
-    assert cpu_count(str(tmp_path)) == expected
-
-
 def test_a_quota_caps_the_default_worker_count(tmp_path, monkeypatch):
-    import asymviz.jobs as jobs
-
     (tmp_path / "cpu.max").write_text("100000 100000\n")  # docker run --cpus 1
-    monkeypatch.setattr(jobs, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(lab, "CGROUP_ROOT", str(tmp_path))
     monkeypatch.delenv("ASYMVIZ_WORKERS", raising=False)
-    runner = jobs.Runner(tmp_path / "runs.db")
+    runner = Runner(tmp_path / "runs.db")
     try:
-        assert jobs.cpu_count() == 1 and runner.workers == 1
+        assert lab.cpu_count() == 1 and runner.workers == 1
     finally:
         runner.store.close()

@@ -1,5 +1,6 @@
-"""Hosting for a class: asymviz.lab (datasets offered, passwords, the pool status, old runs),
-the limits set by environment variables, `python -m asymviz serve`'s start and stop, and the
+"""Hosting for a class: asymviz.lab (numbers from the environment, the container's CPU quota,
+which processes are alive, the pool status, the machine's numbers), the limits set by
+environment variables as `submit` meets them, `python -m asymviz serve`'s start and stop, and the
 lab image's recipe run outside Docker (scripts/install.sh into a fresh virtual environment, then
 scripts/entrypoint.sh), as CI does since no Docker engine runs here.
 
@@ -8,6 +9,7 @@ skips it): it pip-installs the requirements (a minute or more) and trains real r
 """
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -16,13 +18,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
 from asymviz import cli, lab
 from asymviz.errors import ConfigError
-from asymviz.jobs import Runner
 from asymviz.store import Store
 from conftest import ROOT
 from helpers import FakePool, cmdline, descendants, free_port, healthy, until
@@ -90,44 +90,38 @@ def lab_home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------ datasets
+# ------------------------------------------------------------------- environment, cores, processes
 
-def test_every_dataset_is_offered_unless_the_lab_names_some(monkeypatch):
-    monkeypatch.delenv("ASYMVIZ_DATASETS", raising=False)
-    assert lab.offered_datasets() == lab.all_datasets() and "csv" in lab.all_datasets()
-    monkeypatch.setenv("ASYMVIZ_DATASETS", " Moons,digits ,csv")
-    assert lab.offered_datasets() == ["digits", "moons", "csv"]  # the Train page's order
-    lab.check_dataset("moons")
-    with pytest.raises(lab.DatasetNotOffered) as err:
-        lab.check_dataset("mnist")
-    assert str(err.value) == ("This lab offers only the datasets digits, moons, csv (ASYMVIZ_DATASETS); "
-                              "'mnist' is not one of them.")
-
-
-@pytest.mark.parametrize("text, what", [("moons,imagenet", "unknown dataset(s) 'imagenet'"),
-                                        (" , ", "no dataset"), ("mnist,foo,bar", "unknown dataset(s) 'foo', 'bar'")])
-def test_a_bad_dataset_list_is_one_sentence(monkeypatch, text, what):
-    monkeypatch.setenv("ASYMVIZ_DATASETS", text)
-    with pytest.raises(ConfigError) as err:
-        lab.offered_datasets()
-    assert str(err.value) == (f"ASYMVIZ_DATASETS names {what}; use a comma-separated list of: "
-                              f"{', '.join(lab.all_datasets())}.")
+@pytest.mark.parametrize("files,quota", [
+    ({"cpu.max": "400000 100000\n"}, 4.0),  # cgroup v2, docker run --cpus 4
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+    ({"cpu.max": "garbage\n"}, None),
+    ({}, None),  # no cgroup files at all
+])
+def test_cpu_quota_reads_the_containers_cgroup(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert lab.cpu_quota(str(tmp_path)) == quota
+    cores = len(os.sched_getaffinity(0))
+    expected = cores if quota is None else max(1, min(cores, math.ceil(quota)))
+    assert lab.cpu_count(str(tmp_path)) == expected
 
 
-def test_passwords_compare_by_token():
-    assert lab.password_matches("sesame", "sesame")
-    assert not lab.password_matches("Sesame", "sesame") and not lab.password_matches("", "sesame")
-    assert "sesame" not in lab.password_token("sesame") and len(lab.password_token("x")) == 64
-
-
-def test_auth_mode(monkeypatch):
-    monkeypatch.delenv("ASYMVIZ_AUTH", raising=False)
-    assert lab.auth_mode() == "password"
-    monkeypatch.setenv("ASYMVIZ_AUTH", "OIDC")
-    assert lab.auth_mode() == "oidc"
-    monkeypatch.setenv("ASYMVIZ_AUTH", "ldap")
-    with pytest.raises(ConfigError, match="ASYMVIZ_AUTH must be 'oidc' or unset"):
-        lab.auth_mode()
+def test_a_zombie_is_not_alive_and_other_hosts_are_not_judged():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        until(lambda: lab.process_state(child.pid) == "Z", 30, "the child to exit (unreaped)")
+        assert not lab.pid_alive(child.pid)  # exited; only its entry waits for this process
+        assert lab.pid_alive(child.pid, "another-host")  # cannot be seen from here: assumed alive
+    finally:
+        child.wait()
+    assert not lab.pid_alive(child.pid) and not lab.pid_alive(child.pid, lab.HOST)
+    assert lab.pid_alive(os.getpid()) and lab.pid_alive(os.getpid(), "") and lab.pid_alive(1)
+    assert not any(lab.pid_alive(pid) for pid in (None, 0, -5, "12", 999_999_999))
 
 
 # ------------------------------------------------------------------------- pool status, machine
@@ -154,28 +148,6 @@ def test_machine_numbers():
     assert mem["total_mb"] > 0 and 0 <= mem["available_mb"] <= mem["total_mb"]
     load = lab.load()
     assert load["cores"] >= 1 and load["load_1"] >= 0
-
-
-def test_ended_runs_by_age_and_clearing_them(lab_home):
-    runner = Runner(lab_home / "asymviz.db", workers=0)
-    store = runner.store
-    ids = {}
-    for name, status in (("queued", "queued"), ("running", "running"), ("old", "finished"),
-                         ("new", "failed")):
-        ids[name] = store.create_run({"dataset": "moons"}, owner=name)
-        if status != "queued":
-            store.set_status(ids[name], "running")
-            if status != "running":
-                store.set_status(ids[name], status)
-    now = time.time()
-    with store._transaction() as db:  # the old run ended ten days ago
-        db.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (now - 10 * lab.DAY_S, ids["old"]))
-    assert [r["id"] for r in lab.ended_runs(store, 7)] == [ids["old"]]
-    assert {r["id"] for r in lab.ended_runs(store, 0)} == {ids["old"], ids["new"]}
-    assert lab.clear_ended_runs(runner, 7) == [ids["old"]]
-    assert lab.clear_ended_runs(runner, 0) == [ids["new"]]
-    assert {r["id"] for r in store.list_runs()} == {ids["queued"], ids["running"]}
-    store.close()
 
 
 # --------------------------------------------------------------------------- limits by environment

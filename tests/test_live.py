@@ -10,7 +10,7 @@ import plotly.io as pio
 import pytest
 
 from asymviz import figures, live
-from asymviz.jobs import GRID_KIND
+from asymviz.recording import GRID_KIND
 from asymviz.store import Store, pack_mask
 
 

@@ -12,7 +12,10 @@ import torch
 
 from asymviz import checkpoint, pace
 from asymviz.errors import ConfigError
-from asymviz.jobs import LimitExceeded, Limits, NotOwner, Runner, execute
+from asymviz.executors import execute
+from asymviz.jobs import Runner
+from asymviz.owners import NotOwner
+from asymviz.policy import LimitExceeded, Limits
 from asymviz.snapshot import Recorder, dequantize, is_small, quantize
 from asymviz.store import Store
 from asymviz.train import Callback, TrainConfig, fit

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from asymviz import pagekit
-from asymviz.jobs import GRID_KIND
+from asymviz.recording import GRID_KIND
 from asymviz.store import Store, pack_mask
 from asymviz.train import TrainConfig
 

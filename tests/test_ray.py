@@ -18,7 +18,10 @@ import torch
 from asymviz import executors
 from asymviz.data import store_upload
 from asymviz.errors import ConfigError
-from asymviz.jobs import GRID_KIND, INTERRUPTED_BY_SHUTDOWN, Limits, Runner
+from asymviz.executors import INTERRUPTED_BY_SHUTDOWN
+from asymviz.jobs import Runner
+from asymviz.policy import Limits
+from asymviz.recording import GRID_KIND
 from asymviz.store import RunNotFound, RunStateError, Store
 from asymviz.train import TrainConfig, fit
 from helpers import until

@@ -16,7 +16,8 @@ import pytest
 
 from asymviz import data
 from asymviz.errors import AsymvizError, DataError
-from asymviz.jobs import Runner, execute
+from asymviz.executors import execute
+from asymviz.jobs import Runner
 from asymviz.store import Store
 from asymviz.train import TrainConfig
 

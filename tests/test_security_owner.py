@@ -1,8 +1,9 @@
 """Ownership holds: a name typed in the sidebar gives no control of its runs, a shared link
 carries none, the per-owner limit follows the proven name, PINs are stored as slow salted
 hashes and guessing them is rate-limited in the store, the instructor (and only the instructor)
-sets a new PIN. asymviz.owners and its store table as units, then the dashboard through AppTest,
-attacked the way a classmate would: typing a name, guessing PINs, forcing a disabled button."""
+sets a new PIN. asymviz.owners and its store table as units (and the lab's password, kept by a
+session only as a token), then the dashboard through AppTest, attacked the way a classmate would:
+typing a name, guessing PINs, forcing a disabled button."""
 
 import hashlib
 import re
@@ -12,6 +13,7 @@ import threading
 import pytest
 
 from asymviz import owners
+from asymviz.errors import ConfigError
 from asymviz.jobs import Runner
 from asymviz.owners import ADMIN, SignInError
 from asymviz.store import MIGRATIONS, Store
@@ -25,6 +27,22 @@ TRAIN, RUNS, INSTRUCTOR = "pages/1_Train.py", "pages/2_Runs.py", "pages/5_Instru
 def store():
     with Store(":memory:") as s:
         yield s
+
+
+def test_passwords_compare_by_token():
+    assert owners.password_matches("sesame", "sesame")
+    assert not owners.password_matches("Sesame", "sesame") and not owners.password_matches("", "sesame")
+    assert "sesame" not in owners.password_token("sesame") and len(owners.password_token("x")) == 64
+
+
+def test_auth_mode(monkeypatch):
+    monkeypatch.delenv("ASYMVIZ_AUTH", raising=False)
+    assert owners.auth_mode() == "password"
+    monkeypatch.setenv("ASYMVIZ_AUTH", "OIDC")
+    assert owners.auth_mode() == "oidc"
+    monkeypatch.setenv("ASYMVIZ_AUTH", "ldap")
+    with pytest.raises(ConfigError, match="ASYMVIZ_AUTH must be 'oidc' or unset"):
+        owners.auth_mode()
 
 
 def lock_expires(store, name):

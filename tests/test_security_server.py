@@ -26,7 +26,8 @@ import torch
 
 from asymviz import cli, data, lab, train
 from asymviz.errors import DataError
-from asymviz.jobs import Runner, Trouble, work
+from asymviz.jobs import Runner, work
+from asymviz.lab import Trouble
 from asymviz.model import MAX_HIDDEN_LAYERS, count_parameters
 from asymviz.store import Store, StoreReplaced
 from asymviz.train import TrainConfig

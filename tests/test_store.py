@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 import asymviz.store as store_module
+from asymviz import lab
 from asymviz.errors import AsymvizError, ConfigError
 from asymviz.store import (MIGRATIONS, STATUSES, TERMINAL, RunNotFound, RunStateError, Store,
                            StoreError, default_path, pack_mask, unpack_mask)
+from helpers import until
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"dataset": "digits", "strategy": "neuron", "sparsity": 0.9, "seed": 0}
@@ -562,6 +564,21 @@ def test_reconcile_interrupts_runs_whose_worker_died(store):
     time.sleep(0.02)
     assert store.reconcile(is_alive=lambda pid, host: True, stale_after=0.01) == [alive, remote]
     assert "no heartbeat" in store.get_run(remote)["error"]
+
+
+def test_reconcile_interrupts_a_run_whose_worker_is_a_zombie(store):
+    """A worker that has exited but is not yet reaped by its parent (a zombie) still answers
+    kill(pid, 0); it trains nothing, so its run is interrupted."""
+    worker = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        until(lambda: lab.process_state(worker.pid) == "Z", 30, "the worker to exit (unreaped)")
+        run_id = store.create_run(CONFIG, owner="ana")
+        store.claim_next(worker.pid, socket.gethostname())
+        assert store.reconcile(stale_after=None) == [run_id]
+        assert store.get_run(run_id)["error"] == (f"The run was interrupted: its worker process (pid "
+                                                  f"{worker.pid} on {socket.gethostname()}) is gone.")
+    finally:
+        worker.wait()
 
 
 # -- threads and processes -----------------------------------------------------------------
