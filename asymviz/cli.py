@@ -323,6 +323,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError(f"--workers must be at least 1, got {runner.workers}.")
     log_fatal_signals()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGINT stops the pool as Ctrl-C does, as `serve` handles it, also where this process was
+    # started with SIGINT ignored (a shell script's background job inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     seen: dict[int, str] = {}
     trouble = Trouble("worker pool")
     try:
