@@ -27,7 +27,9 @@ def test_ten_sessions_get_updates_and_nothing_errors():
     assert len(watched) == 2, list(rows)
     for row in watched:
         assert row["errors"] == 0, row["error_samples"]
-        assert row["fewest_updates"] >= 2, row  # every session: its page, then updates
+        # every session got its page; on one live run, updates after it too (on its own short run,
+        # a session that joins late may find the run already ended: its page is then the last word)
+        assert row["fewest_updates"] >= (2 if "all on one run" in row["scenario"] else 1), row
         done, of = row["runs"].split()[0].split("/")
         assert done == of and "(" not in row["runs"], row["runs"]  # every run finished, or trained throughout
         assert row["page_loads"] >= 5 and row["page_load_failed"] == 0
