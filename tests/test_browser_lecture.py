@@ -79,7 +79,8 @@ def test_pause_step_play_on_moons_and_the_network_picture(server, page):
     assert kept[0] == 0 and kept[3] == 2  # inputs take none; the output layer is dense
     ARTIFACTS.mkdir(exist_ok=True)
     page.mouse.move(5, 1990)
-    page.locator(".st-key-lecture_fig_network").screenshot(path=str(ARTIFACTS / "lecture-network.png"))
+    net = page.locator(".st-key-lecture_fig_network:not([data-retained=true])").first  # not a redraw's old copy
+    net.screenshot(path=str(ARTIFACTS / "lecture-network.png"))
     _shot(page, "lecture-paused.png")
 
     _click(page, "lecture_play")
