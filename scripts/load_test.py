@@ -637,6 +637,17 @@ async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: lis
     rows.append((f"{n} sessions, each on its own run ({epochs} epochs)", row))
 
 
+def _stop_and_count(lab: Lab, runs: list[int], row: dict) -> None:
+    """After a window on long runs: how many trained throughout (none failed or ended early),
+    then stop them, and the throughput against the same workers unwatched."""
+    training = sum(s == "running" for s in lab.statuses(runs).values())
+    lab.stop_runs(runs)
+    states = lab.wait_ended(runs, 60)
+    row["runs"] = f"{training}/{len(runs)} trained throughout, then stopped" + \
+        ("" if all(s == "stopped" for s in states.values()) else f" ({', '.join(states.values())})")
+    row["throughput_pct"] = 100 * row["steps_per_s"] / row["steps_per_s_alone"]
+
+
 async def scenario_same(lab: Lab, args, per_worker: float, idle: float, rows: list) -> None:
     """Every session watches one long run while the other workers train others."""
     n = args.sessions
@@ -646,12 +657,7 @@ async def scenario_same(lab: Lab, args, per_worker: float, idle: float, rows: li
     specs = [("Train", f"run={runs[0]}", None)] * n
     row = await watch(lab, specs, args.seconds, runs, idle, probe=True, spread=min(10.0, args.seconds / 4),
                       alternate=args.baseline_seconds)
-    training = sum(s == "running" for s in lab.statuses(runs).values())  # none failed or ended early
-    lab.stop_runs(runs)
-    states = lab.wait_ended(runs, 60)
-    row["runs"] = f"{training}/{len(runs)} trained throughout, then stopped" + \
-        ("" if all(s == "stopped" for s in states.values()) else f" ({', '.join(states.values())})")
-    row["throughput_pct"] = 100 * row["steps_per_s"] / row["steps_per_s_alone"]
+    _stop_and_count(lab, runs, row)
     rows.append((f"{n} sessions, all on one run", row))
 
 
@@ -670,12 +676,7 @@ async def scenario_lecture(lab: Lab, args, per_worker: float, idle: float, rows:
     specs = [("Train", f"run={group[0]}", None)] * n
     row = await watch(lab, specs, args.seconds, runs, idle, probe=True, spread=min(10.0, args.seconds / 4),
                       alternate=args.baseline_seconds)
-    training = sum(s == "running" for s in lab.statuses(runs).values())
-    lab.stop_runs(runs)
-    states = lab.wait_ended(runs, 60)
-    row["runs"] = f"{training}/{len(runs)} trained throughout, then stopped" + \
-        ("" if all(s == "stopped" for s in states.values()) else f" ({', '.join(states.values())})")
-    row["throughput_pct"] = 100 * row["steps_per_s"] / row["steps_per_s_alone"]
+    _stop_and_count(lab, runs, row)
     rows.append((f"{n} sessions, all on one lecture run and its twins", row))
 
 

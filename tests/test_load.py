@@ -16,13 +16,18 @@ from conftest import ROOT
 SCRIPT = ROOT / "scripts" / "load_test.py"
 
 
-def test_ten_sessions_get_updates_and_nothing_errors():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sessions", "10", "--seconds", "20", "--scenarios", "own,same",
-                           "--baseline-seconds", "3", "--no-browser", "--json"],
+def _harness(*args: str) -> dict:
+    """The harness's rows by scenario, after checking it ran and the server logged no traceback."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--no-browser", "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {row["scenario"]: row for row in json.loads(proc.stdout.strip().splitlines()[-1])}
     assert "server log" not in rows, rows.get("server log")  # no traceback from the server or its workers
+    return rows
+
+
+def test_ten_sessions_get_updates_and_nothing_errors():
+    rows = _harness("--sessions", "10", "--seconds", "20", "--scenarios", "own,same", "--baseline-seconds", "3")
     watched = [row for row in rows.values() if row.get("sessions", 0) == 10]
     assert len(watched) == 2, list(rows)
     for row in watched:
@@ -38,12 +43,7 @@ def test_ten_sessions_get_updates_and_nothing_errors():
 
 
 def test_sessions_on_a_lecture_run_get_its_pictures_and_nothing_errors():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sessions", "3", "--seconds", "10", "--scenarios", "lecture",
-                           "--baseline-seconds", "2", "--no-browser", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {row["scenario"]: row for row in json.loads(proc.stdout.strip().splitlines()[-1])}
-    assert "server log" not in rows, rows.get("server log")
+    rows = _harness("--sessions", "3", "--seconds", "10", "--scenarios", "lecture", "--baseline-seconds", "2")
     (row,) = [row for name, row in rows.items() if "lecture run" in name]
     assert row["errors"] == 0, row["error_samples"]
     assert row["lecture_pictures"] == 3 and row["fewest_updates"] >= 2, row  # panel, boundary and twins on each
