@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from asymviz import kernels
+from asymviz.fast import kernels
 from asymviz.errors import ConfigError
 from asymviz.model import MLP, parse_architecture
 from asymviz.optim import AsymmetricOptimizer, OPTIMIZERS

@@ -236,7 +236,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     """Build (if needed) and load the compiled CPU kernels; say which implementation runs."""
-    from asymviz import kernels
+    from asymviz.fast import kernels
 
     lib = kernels.library()
     print(f"asymviz CPU kernels: {kernels.status()}")
@@ -652,7 +652,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lab.write_pool_status(runner)
         print(f"asymviz serve: {_pool_text(runner)} on {runner.store.path}; the dashboard "
               f"on http://{args.address}:{args.port}; SIGTERM or Ctrl-C stops both.", file=sys.stderr, flush=True)
-        from asymviz import kernels
+        from asymviz.fast import kernels
         print(f"asymviz serve: CPU kernels: {kernels.status()}", file=sys.stderr, flush=True)
         server = subprocess.Popen(
             lab.die_with_parent(["-m", "streamlit", "run", str(app), "--server.port", str(args.port),

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from asymviz import kernels
+from asymviz.fast import kernels
 from asymviz.bench import backward_flops, backward_table, format_table
 from asymviz.errors import ConfigError
 
