@@ -196,7 +196,7 @@ def select(g: torch.Tensor, a: torch.Tensor, w: torch.Tensor, opts: SparseOption
         sel.cols = _batch_magnitude(a, state, "abs_a").topk(kc, sorted=False).indices.sort().values  # (kc,)
     elif opts.connection == "weight":  # excessive: in each kept row, the kc largest |W_ij|
         top = w.index_select(0, sel.rows).abs().topk(kc, dim=1, sorted=False).indices
-        sel.conn = torch.zeros(len(sel.rows), n_in, dtype=torch.bool, device=w.device).scatter_(1, top, True)
+        sel.conn = torch.zeros(sel.rows.shape[0], n_in, dtype=torch.bool, device=w.device).scatter_(1, top, True)
     return sel
 
 

@@ -77,8 +77,8 @@ def backward(g, a, w, sel, opts, needs, state, ctx, masked_products):
     B, n_out = g.shape
     n_in = a.shape[1]
     rows, cols = sel.rows, sel.cols
-    kc = n_in if cols is None else len(cols)
-    compact = use_compact(B, n_in, n_out, len(rows), kc) if opts.path == "auto" else opts.path == "compact"
+    kc = n_in if cols is None else cols.shape[0]
+    compact = use_compact(B, n_in, n_out, rows.shape[0], kc) if opts.path == "auto" else opts.path == "compact"
     workspace(state)
     grad_w = grad_b = None
     if compact:
@@ -140,7 +140,7 @@ def _compact(g_k, rows, a, w, state, cols, conn, needs):
 
 def _rows(w: torch.Tensor, rows: torch.Tensor, state) -> torch.Tensor:
     """w[rows] (a copy, in reused storage)."""
-    buf = state.workspace.temp("w_k", (len(rows), *w.shape[1:]), w)
+    buf = state.workspace.temp("w_k", (rows.shape[0], *w.shape[1:]), w)
     if buf is None:
         return w.index_select(0, rows)
     if w.dim() == 2 and kernels.accepts(w, rows, buf):
@@ -150,7 +150,7 @@ def _rows(w: torch.Tensor, rows: torch.Tensor, state) -> torch.Tensor:
 
 def _block_of(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, state) -> torch.Tensor:
     """W[rows][:, cols] (k, kc), in reused storage."""
-    buf = state.workspace.temp("w_kc", (len(rows), len(cols)), w)
+    buf = state.workspace.temp("w_kc", (rows.shape[0], cols.shape[0]), w)
     if buf is not None and kernels.accepts(w, rows, cols, buf):
         return kernels.gather_block(w, rows, cols, out=buf)
     return _rows(w, rows, state).index_select(1, cols)

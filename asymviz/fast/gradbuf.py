@@ -153,7 +153,7 @@ def deliver(weight: torch.Tensor, ctx, state, rows: torch.Tensor, block: torch.T
         else:
             buf.forget()  # contents unknown
         if cols is not None:  # the (k, kc) block as whole rows, zero outside the kept columns
-            block = block.new_zeros(len(rows), weight.shape[1]).index_copy_(1, cols, block)
+            block = block.new_zeros(rows.shape[0], weight.shape[1]).index_copy_(1, cols, block)
         return torch.sparse_coo_tensor(rows.unsqueeze(0), block, weight.shape, is_coalesced=True,
                                        check_invariants=False)
     return _scatter(block.new_zeros(weight.shape), rows, block, cols, state)
@@ -181,7 +181,7 @@ def _scatter(dst: torch.Tensor, rows: torch.Tensor, block: torch.Tensor, cols, s
         return kernels.scatter_block(dst, rows, cols, block)
     n_in = dst.shape[1]
     r, c = (rows * n_in).unsqueeze(1), cols.unsqueeze(0)
-    flat = state.workspace.temp("flat", (len(rows), len(cols)), rows)
+    flat = state.workspace.temp("flat", (rows.shape[0], cols.shape[0]), rows)
     flat = (r + c if flat is None else torch.add(r, c, out=flat)).view(-1)  # rows x cols, flat row-major
     dst.view(-1).scatter_(0, flat, block.reshape(-1))  # faster than index_copy_ / index_put_ here
     return dst

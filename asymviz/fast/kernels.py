@@ -40,7 +40,7 @@ KINDS = {"sgd": 0, "momentum": 1, "adam": 2}
 ERRORS = {1: "a row index is out of range", 2: "a column index is out of range",
           3: "a step count is beyond the coefficient table"}
 
-_lib: ctypes.CDLL | None = None
+_lib: dict | None = None  # the library's bound functions by name
 _tried = False
 _status = "not loaded yet"
 
@@ -92,7 +92,7 @@ def _uses_openmp(path: Path) -> bool:
     return b"omp_get_thread_num" in path.read_bytes()
 
 
-def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+def _bind(lib: ctypes.CDLL) -> dict:
     P, I, F, C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     signatures = {
         "asymviz_update": [C, P, I, I, P, I, P, P, P, I, P, I, P, P, P, P, P, I, F, F, F, F, F, F, F, C],
@@ -104,14 +104,16 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "asymviz_gather_cols": [P, I, I, P, I, P, C],
         "asymviz_expand_cols": [P, I, I, P, I, P, C],
     }
+    functions = {}
     for name, argtypes in signatures.items():
-        fn = getattr(lib, name)
+        fn = functions[name] = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, ctypes.c_int
-    return lib
+    return functions
 
 
-def library() -> ctypes.CDLL | None:
-    """The loaded kernels, building them on first use; None where they cannot be had."""
+def library() -> dict | None:
+    """The loaded kernels (their bound functions by name), building them on first use; None
+    where they cannot be had."""
     global _lib, _tried, _status
     if _tried:
         return _lib
@@ -149,13 +151,16 @@ VALUES, INDEX = torch.float32, torch.int64
 ACCEPTED = (torch.float32, torch.int64, torch.int32, torch.bool)  # values, indices, step counts, masks
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A contiguous, strided CPU tensor (cheap attribute reads: these checks run every step)."""
+    return t.layout is torch.strided and t.is_cpu and t.is_contiguous()
+
+
 def accepts(*tensors: torch.Tensor | None) -> bool:
     """True when the kernels are loaded and these tensors are of a kind they take: on the CPU,
     strided, contiguous, float32 values, int64 indices, int32 step counts, bool masks (None: absent)."""
     for t in tensors:
-        if t is None:
-            continue
-        if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous() or t.dtype not in ACCEPTED:
+        if t is not None and not (t.dtype in ACCEPTED and _plain(t)):
             return False
     return available()
 
@@ -163,12 +168,12 @@ def accepts(*tensors: torch.Tensor | None) -> bool:
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise KernelArgumentError(f"{name} must be a tensor, got {type(t).__name__}.")
-    if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous():
+    if not _plain(t):
         raise KernelArgumentError(f"{name} must be a contiguous CPU tensor, got {t.device} {t.layout} "
-                                  f"(contiguous: {t.is_contiguous()}).")
-    if t.dtype != dtype:
+                                  f"(contiguous: {t.layout is torch.strided and t.is_contiguous()}).")
+    if t.dtype is not dtype:
         raise KernelArgumentError(f"{name} must be {dtype}, got {t.dtype}.")
-    if shape is not None and tuple(t.shape) != tuple(shape):
+    if shape is not None and t.shape != shape:
         raise KernelArgumentError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}.")
 
 
@@ -177,7 +182,7 @@ def _index(name: str, t: torch.Tensor) -> int:
     _check(name, t, INDEX)
     if t.dim() != 1:
         raise KernelArgumentError(f"{name} must be 1-D, got shape {tuple(t.shape)}.")
-    return len(t)
+    return t.shape[0]
 
 
 def _matrix(name: str, t: torch.Tensor) -> tuple[int, int]:
@@ -202,7 +207,7 @@ def _call(fn: str, *args) -> None:
     lib = library()
     if lib is None:
         raise RuntimeError(f"the C kernels are not loaded: {status()}")
-    code = getattr(lib, fn)(*args)
+    code = lib[fn](*args)
     if code:
         raise KernelArgumentError(f"{fn}: {ERRORS.get(code, f'error {code}')}.")
 
@@ -250,37 +255,67 @@ class AdamCoefficients(NamedTuple):
     betas: tuple[float, float]
 
 
+def _fits(t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> bool:
+    """(is_contiguous raises for a sparse tensor: the caller treats that as not fitting)"""
+    return t.dtype is dtype and t.shape == shape and t.is_cpu and t.is_contiguous()
+
+
 def _update(kind: int, p: torch.Tensor, grad: torch.Tensor, grad_is_block: bool, at: Entries,
             m=None, v=None, row_t=None, entry_step=None, adam: AdamCoefficients | None = None,
             lr: float = 0.0, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+    rows, cols, mask = at
+    scale, shift, (b1, b2) = adam if adam is not None else (None, None, (0.0, 0.0))
+    try:  # every tensor as the C code reads it (one expression: this runs for each parameter, each step)
+        shape = p.shape
+        two_d = len(shape) == 2
+        n_out, n_in = (shape[0], shape[1]) if two_d else (shape[0], 1)
+        k = rows.shape[0] if rows.dim() == 1 else -1
+        kc = n_in if cols is None else cols.shape[0] if cols.dim() == 1 and two_d else -1
+        ok = (k >= 0 and kc >= 0 and len(shape) in (1, 2) and _fits(p, VALUES, shape)
+              and _fits(grad, VALUES, ((k, kc) if two_d else (k,)) if grad_is_block else shape)
+              and _fits(rows, INDEX, (k,)) and (cols is None or _fits(cols, INDEX, (kc,)))
+              and (mask is None or _fits(mask, torch.bool, (k, kc)))
+              and (m is None or _fits(m, VALUES, shape)) and (v is None or _fits(v, VALUES, shape))
+              and (adam is None or (_fits(scale, VALUES, scale.shape) and scale.dim() == 1
+                                    and _fits(shift, VALUES, scale.shape)
+                                    and (_fits(row_t, INDEX, (k,)) if row_t is not None
+                                         else _fits(entry_step, torch.int32, shape)))))
+    except (AttributeError, IndexError, RuntimeError):  # not a tensor, 0-d, sparse
+        ok = False
+    if not ok:
+        _explain(p, grad, grad_is_block, at, m, v, row_t, entry_step, adam)
+    _call("asymviz_update", kind, p.data_ptr(), n_out, n_in, grad.data_ptr(), int(grad_is_block), _ptr(m), _ptr(v),
+          rows.data_ptr(), k, _ptr(cols), kc, _ptr(mask), _ptr(row_t), _ptr(entry_step), _ptr(scale),
+          _ptr(shift), 0 if scale is None else scale.shape[0], lr, momentum, b1, b2, 1.0 - b1, 1.0 - b2,
+          weight_decay, _threads(k * kc))
+
+
+def _explain(p, grad, grad_is_block, at, m, v, row_t, entry_step, adam) -> None:
+    """Raise KernelArgumentError naming the first argument of `_update` the C code cannot take."""
     _check("p", p, VALUES)
     if p.dim() not in (1, 2):
         raise KernelArgumentError(f"p must be 1-D or 2-D, got shape {tuple(p.shape)}.")
-    n_out, n_in = (p.shape[0], p.shape[1]) if p.dim() == 2 else (p.shape[0], 1)
+    n_in = p.shape[1] if p.dim() == 2 else 1
     k = _index("rows", at.rows)
-    kc = _index("cols", at.cols) if at.cols is not None else n_in
     if at.cols is not None and p.dim() != 2:
         raise KernelArgumentError("cols apply to a 2-D parameter only.")
-    _check("grad", grad, VALUES, (k, kc) if grad_is_block and p.dim() == 2 else ((k,) if grad_is_block else p.shape))
+    kc = _index("cols", at.cols) if at.cols is not None else n_in
+    _check("grad", grad, VALUES, ((k, kc) if p.dim() == 2 else (k,)) if grad_is_block else p.shape)
     if at.mask is not None:
         _check("mask", at.mask, torch.bool, (k, kc))
     for name, t in (("m", m), ("v", v)):
         if t is not None:
             _check(name, t, VALUES, p.shape)
-    b1 = b2 = 0.0
-    scale = shift = None
     if adam is not None:
         _check("scale", adam.scale, VALUES)
+        if adam.scale.dim() != 1:
+            raise KernelArgumentError(f"scale must be 1-D, got shape {tuple(adam.scale.shape)}.")
         _check("shift", adam.shift, VALUES, adam.scale.shape)
-        scale, shift, (b1, b2) = adam.scale, adam.shift, adam.betas
         if row_t is not None:
-            _check("row_t", row_t, INDEX, (k,))
+            _check("row_t", row_t, INDEX, (k,))  # range-checked against the table by the C code
         else:
             _check("entry_step", entry_step, torch.int32, p.shape)
-    _call("asymviz_update", kind, p.data_ptr(), n_out, n_in, grad.data_ptr(), int(grad_is_block), _ptr(m), _ptr(v),
-          at.rows.data_ptr(), k, _ptr(at.cols), kc, _ptr(at.mask), _ptr(row_t), _ptr(entry_step), _ptr(scale),
-          _ptr(shift), 0 if scale is None else len(scale), lr, momentum, b1, b2, 1.0 - b1, 1.0 - b2, weight_decay,
-          _threads(k * kc))
+    raise KernelArgumentError("the update's arguments do not fit together.")  # unreachable by construction
 
 
 def sgd_(p: torch.Tensor, grad: torch.Tensor, at: Entries, *, lr: float, weight_decay: float = 0.0,

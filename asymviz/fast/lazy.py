@@ -97,7 +97,7 @@ def _buffer(opt, p: torch.Tensor, name: str, numel: int, dtype: torch.dtype) -> 
 
 def _gather(opt, p: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
     """t[rows] (t: p or one of its p-shaped tensors) into reused storage."""
-    shape = (len(rows), *t.shape[1:])
+    shape = (rows.shape[0], *t.shape[1:])
     numel = math.prod(shape)
     return torch.index_select(t, 0, rows, out=_buffer(opt, p, name, numel, t.dtype)[:numel].view(shape))
 
