@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from asymviz import fast
 from asymviz.fast import kernels
 from asymviz.errors import ConfigError
 from asymviz.model import MLP, parse_architecture
@@ -232,6 +233,8 @@ def symmetric_overhead(widths: list[int] = [2048, 2048], batch: int = 128, n_in:
 
 def kernel_note(device: torch.device) -> str:
     """Which implementation ran the CPU hot loops: "C" (asymviz.kernels) or "PyTorch ops"."""
+    if not fast.enabled():
+        return "none (ASYMVIZ_FAST=0: the plain path)"
     if device.type != "cpu":
         return "PyTorch ops (GPU)"
     return "C" if kernels.library() is not None else "PyTorch ops"

@@ -236,10 +236,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     """Build (if needed) and load the compiled CPU kernels; say which implementation runs."""
+    from asymviz import fast
     from asymviz.fast import kernels
 
     lib = kernels.library()
     print(f"asymviz CPU kernels: {kernels.status()}")
+    if not fast.enabled():
+        print("ASYMVIZ_FAST=0: the sparse backward and the optimizer take the plain path, without the kernels.")
     if lib is None:
         print("Training and benchmarks still work, with PyTorch ops for these loops (slower lazy optimizer "
               "update); install a C compiler (e.g. apt-get install gcc) to build the kernels.", file=sys.stderr)

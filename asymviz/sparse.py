@@ -254,7 +254,8 @@ def sparse_backward(g, a, w, opts: SparseOptions, state: LayerState, needs: Need
     """
     sel = select(g, a, w, opts, state)
     if fast.enabled():
-        grad_a, grad_w, grad_b, path = compact.backward(g, a, w, sel, opts, needs, state, ctx, masked_products)
+        grad_a, grad_w, grad_b, path = compact.backward(g, a, w, sel, opts, needs, state, ctx,
+                                                        masked_products=masked_products)
     else:
         (grad_a, grad_w, grad_b), path = masked_products(g, a, w, sel, needs), "plain"
     n_out = g.shape[1]

@@ -322,3 +322,11 @@ def test_asymviz_fast_0_runs_the_plain_path_everywhere():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "plain", "None", "plain", "reference", "path", "(ASYMVIZ_FAST=0)"]
+
+
+def test_the_benchmark_says_when_the_plain_path_ran():
+    from asymviz.bench import kernel_note
+
+    with fast.plain():
+        assert kernel_note(torch.device("cpu")) == "none (ASYMVIZ_FAST=0: the plain path)"
+    assert kernel_note(torch.device("cpu")) in ("C", "PyTorch ops")

@@ -67,7 +67,7 @@ def abs_(x: torch.Tensor, state) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the products
 
-def backward(g, a, w, sel, opts, needs, state, ctx, masked_products):
+def backward(g, a, w, sel, opts, needs, state, ctx, *, masked_products):
     """The layer's three gradients for the selection `sel`, fast. Returns (da, dW, db, path).
 
     g (B, n_out), a (B, n_in), w (n_out, n_in); needs: which of (input, weight, bias) want a
@@ -91,7 +91,7 @@ def backward(g, a, w, sel, opts, needs, state, ctx, masked_products):
             g_k = gm.index_select(1, rows)  # (B, u)
             if needs.bias:
                 grad_b = gm.sum(0)
-        grad_a, block = _compact(g_k, rows, a, w, state, cols, sel.conn, needs)
+        grad_a, block = _compact(g_k, a, w, sel, needs, state)
         if needs.weight:
             grad_w = gradbuf.deliver(w, ctx, state, rows, block=block, cols=cols)
         return grad_a, grad_w, grad_b, "compact"
@@ -109,13 +109,14 @@ def backward(g, a, w, sel, opts, needs, state, ctx, masked_products):
     return grad_a, grad_w, grad_b, "dense-fallback"
 
 
-def _compact(g_k, rows, a, w, state, cols, conn, needs):
+def _compact(g_k, a, w, sel, needs, state):
     """Matmuls on the kept rows only: g_k = g~[:, rows] (B, k).
 
     Returns (da, dW block): the block is (k, n_in), for `refined` (k, kc): the kept columns only.
     """
     B = g_k.shape[0]
     n_in = a.shape[1]
+    rows, cols, conn = sel.rows, sel.cols, sel.conn
     grad_a = block = None
     if cols is not None:  # refined: kept columns too; dW and da live in (k, kc) and (B, kc)
         fast = not torch.is_grad_enabled() and kernels.accepts(a, g_k, cols)
