@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python tests/fingerprint.py                    # JSON {case: sha256[:16]}, C kernels
     PYTHONPATH=. ASYMVIZ_KERNELS=0 python tests/fingerprint.py  # the same cases on the PyTorch ops
-    PYTHONPATH=. python tests/fingerprint.py --write            # record both in tests/fingerprint.json
+    PYTHONPATH=. ASYMVIZ_FAST=0 python tests/fingerprint.py     # the same cases on the plain path
+    PYTHONPATH=. python tests/fingerprint.py --write            # record all three in tests/fingerprint.json
 
 Each case builds a small MLP (or a layer), trains it a few steps with fixed seeds and hashes the
 bytes of every parameter and of the last step's gradients. `tests/test_fingerprint.py` compares
@@ -189,12 +190,16 @@ def machine() -> dict[str, str]:
 
 
 RECORD = Path(__file__).with_name("fingerprint.json")
-MODES = {"c-kernels": "1", "pytorch-ops": "0"}  # ASYMVIZ_KERNELS of each recorded mode
+MODES = {  # the environment of each recorded mode: the fast path with and without the C kernels, the plain path
+    "c-kernels": {"ASYMVIZ_KERNELS": "1", "ASYMVIZ_FAST": "1"},
+    "pytorch-ops": {"ASYMVIZ_KERNELS": "0", "ASYMVIZ_FAST": "1"},
+    "plain": {"ASYMVIZ_KERNELS": "0", "ASYMVIZ_FAST": "0"},
+}
 
 
 def run(mode: str) -> dict:
     """{"machine", "hashes"} of a fresh process in one mode (the kernels switch is read once per process)."""
-    env = {**os.environ, "ASYMVIZ_KERNELS": MODES[mode], "PYTHONPATH": str(RECORD.parents[1])}
+    env = {**os.environ, **MODES[mode], "PYTHONPATH": str(RECORD.parents[1])}
     p = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1200)
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-3000:])

@@ -1,8 +1,9 @@
 """The training numerics are bit for bit what they were when `fingerprint.json` was recorded.
 
 Short trainings over every strategy, granularity, backward path and optimizer (`fingerprint.py`)
-hash their parameters and gradients; each mode (the C kernels, the PyTorch ops) runs in a fresh
-process. The hashes hold on the kind of machine they were recorded on (same torch build and CPU
+hash their parameters and gradients; each mode (the fast path with the C kernels and with the
+PyTorch ops, recorded from the code before asymviz/fast existed; the plain path, recorded when it
+was added) runs in a fresh process. The hashes hold on the kind of machine they were recorded on (same torch build and CPU
 vector unit); elsewhere the test skips and says how to record them there.
 """
 
