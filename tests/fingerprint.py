@@ -112,10 +112,11 @@ def wide_cases() -> dict[str, str]:
                       granularity="example")
         opt = AsymmetricOptimizer(model, "adam", lr=0.01)
         out[f"wide/{strategy}/example/compact/adam"] = train(model, opt, 2, 64, 64, 5)
-        model = build(64, [512, 512], 5, "auto", strategy=strategy, sparsity=0.95, conn_sparsity=cs,
-                      granularity="example")  # few neurons per example: the CSR product
-        opt = AsymmetricOptimizer(model, "sgd", lr=0.01)
-        out[f"wide/{strategy}/example/auto/sgd"] = train(model, opt, 2, 64, 64, 5)
+        for path in ("auto", "dense"):  # few neurons per example: with dense products, da as a CSR product
+            model = build(64, [512, 512], 5, path, strategy=strategy, sparsity=0.95, conn_sparsity=cs,
+                          granularity="example")
+            opt = AsymmetricOptimizer(model, "sgd", lr=0.01)
+            out[f"wide/{strategy}/example/{path}/sgd"] = train(model, opt, 2, 128, 64, 5)
     return out
 
 
