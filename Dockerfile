@@ -25,7 +25,7 @@ RUN TORCH_INDEX="$TORCH_INDEX" EXTRA_PACKAGES="$EXTRA_PACKAGES" bash scripts/ins
 
 # The code stays root-owned and read-only; the lab runs as an unprivileged user who owns /data.
 COPY . /app
-# The compiled CPU kernels (asymviz/kernels.py), built with a compiler that leaves the image again.
+# The compiled CPU kernels (asymviz/fast/kernels.py), built with a compiler that leaves the image again.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && python -m asymviz kernels \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*

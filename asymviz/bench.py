@@ -31,7 +31,8 @@ import time
 
 import torch
 
-from asymviz import kernels
+from asymviz import fast
+from asymviz.fast import kernels
 from asymviz.errors import ConfigError
 from asymviz.model import MLP, parse_architecture
 from asymviz.optim import AsymmetricOptimizer, OPTIMIZERS
@@ -231,7 +232,9 @@ def symmetric_overhead(widths: list[int] = [2048, 2048], batch: int = 128, n_in:
 
 
 def kernel_note(device: torch.device) -> str:
-    """Which implementation ran the CPU hot loops: "C" (asymviz.kernels) or "PyTorch ops"."""
+    """Which implementation ran the CPU hot loops: "C" (asymviz.fast.kernels) or "PyTorch ops"."""
+    if not fast.enabled():
+        return "none (ASYMVIZ_FAST=0: the plain path)"
     if device.type != "cpu":
         return "PyTorch ops (GPU)"
     return "C" if kernels.library() is not None else "PyTorch ops"
@@ -262,3 +265,75 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def user_loop_table(widths: list[int] = [2048, 2048], batch: int = 128, sparsities: list[float] = [0.9, 0.95],
+                    n_in: int = 784, n_out: int = 10, device: str = "cpu", repeats: int = 20, warmup: int = 3,
+                    seed: int = 0, clock: str = "wall") -> list[dict]:
+    """The drop-in layer in a user's own loop against asymviz's loop (ms, medians; `neuron`, batch).
+
+    user: `nn.Sequential` of `AsymmetricLinear` hidden layers (ReLU between, an `nn.Linear`
+    output), `torch.optim.Adam`, `model.zero_grad(set_to_none=True)`; its dense baseline is the
+    same Sequential of `nn.Linear`. library: `backward_table`'s pair (MLP + AsymmetricOptimizer).
+    All four step in turn on the same batch, from the same weights. "backward" is zero_grad +
+    loss.backward() in both loops. Row keys: sparsity, keep, user_dense_backward_ms,
+    user_sparse_backward_ms, user_backward_speedup, library_dense_backward_ms,
+    library_sparse_backward_ms, library_backward_speedup, user_vs_library (user speedup /
+    library speedup).
+    """
+    widths, sparsities, _, _ = _check(widths, batch, sparsities, "neuron", 0.0, "batch", "adam", repeats, warmup)
+    dev = _resolve_device(device)
+    now = _timer(dev, clock)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n_in, generator=gen).to(dev)
+    y = torch.randint(0, n_out, (batch,), generator=gen).to(dev)
+
+    def sequential(sparsity: float | None) -> torch.nn.Sequential:
+        from asymviz.sparse import AsymmetricLinear
+
+        torch.manual_seed(seed)
+        sizes, layers = [n_in, *widths], []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [torch.nn.Linear(a, b) if sparsity is None else AsymmetricLinear(a, b, sparsity=sparsity),
+                       torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], n_out)).to(dev)
+
+    def user_step(model, opt) -> float:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        t0 = now()
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        t1 = now()
+        opt.step()
+        return t1 - t0
+
+    rows = []
+    for s in sparsities:
+        user = {name: sequential(sp) for name, sp in (("dense", None), ("sparse", s))}
+        user_opt = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in user.items()}
+        torch.manual_seed(seed)
+        lib = {"dense": MLP(n_in, widths, n_out, strategy="symmetric").to(dev)}
+        torch.manual_seed(seed)
+        lib["sparse"] = MLP(n_in, widths, n_out, strategy="neuron", sparsity=s).to(dev)
+        lib_opt = {name: AsymmetricOptimizer(m, "adam") for name, m in lib.items()}
+        times = {key: [] for key in ("user/dense", "user/sparse", "library/dense", "library/sparse")}
+        for r in range(warmup + repeats):
+            order = list(times) if r % 2 == 0 else list(times)[::-1]
+            for key in order:
+                loop, name = key.split("/")
+                if loop == "user":
+                    t = user_step(user[name], user_opt[name])
+                else:
+                    t = timed_step(lib[name], lib_opt[name], x, y, now)[2][1]
+                if r >= warmup:
+                    times[key].append(t * 1e3)
+        med = {key: statistics.median(ts) for key, ts in times.items()}
+        user_speedup = med["user/dense"] / med["user/sparse"]
+        lib_speedup = med["library/dense"] / med["library/sparse"]
+        rows.append({"sparsity": s, "keep": keep_count(widths[0], s), "widths": list(widths), "batch": batch,
+                     "user_dense_backward_ms": med["user/dense"], "user_sparse_backward_ms": med["user/sparse"],
+                     "user_backward_speedup": user_speedup, "library_dense_backward_ms": med["library/dense"],
+                     "library_sparse_backward_ms": med["library/sparse"], "library_backward_speedup": lib_speedup,
+                     "user_vs_library": user_speedup / lib_speedup, "clock": clock,
+                     "threads": torch.get_num_threads() if dev.type == "cpu" else None})
+    return rows

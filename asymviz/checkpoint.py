@@ -50,21 +50,23 @@ def _to(value: Any, device: torch.device) -> Any:
 
 
 def optimizer_state(optimizer) -> dict:
-    """An AsymmetricOptimizer's state with parameters named by their position in `params`."""
-    position = {id(p): i for i, p in enumerate(optimizer.params)}
-    return {"lazy": {position[pid]: _cpu(s) for pid, s in optimizer.state.items()},
-            "step_count": optimizer._step_count,
-            "dense": _cpu(optimizer.dense.state_dict()) if optimizer.dense is not None else None}
+    """An AsymmetricOptimizer's `state_dict()`, on the CPU."""
+    return _cpu(optimizer.state_dict())
 
 
 def load_optimizer_state(optimizer, saved: dict) -> None:
-    """Put `optimizer_state`'s output back into a freshly built optimizer of the same model."""
-    params = optimizer.params
-    optimizer.state = {id(params[int(i)]): {k: v.to(params[int(i)].device) for k, v in s.items()}
-                       for i, s in saved["lazy"].items()}
-    optimizer._step_count = int(saved["step_count"])
-    if optimizer.dense is not None and saved["dense"] is not None:
-        optimizer.dense.load_state_dict(saved["dense"])
+    """Put `optimizer_state`'s output back into a freshly built optimizer of the same model
+    (ConfigError when it does not fit). Checkpoints written before the optimizer had a
+    state_dict ({"lazy", "step_count", "dense"}, parameters numbered in the same order) load too."""
+    if isinstance(saved, dict) and "lazy" in saved:
+        saved = {"state": {int(i): s for i, s in saved["lazy"].items()},
+                 "param_groups": optimizer.state_dict()["param_groups"],
+                 "dense": saved["dense"], "steps": int(saved["step_count"])}
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("The run's checkpoint holds an optimizer state that does not fit this run; "
+                          "start the run again.") from None
 
 
 def capture(ctx, optimizer, shuffle: torch.Generator, epoch: int, index: int,

@@ -221,10 +221,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     """Build (if needed) and load the compiled CPU kernels; say which implementation runs."""
-    from asymviz import kernels
+    from asymviz import fast
+    from asymviz.fast import kernels
 
     lib = kernels.library()
     print(f"asymviz CPU kernels: {kernels.status()}")
+    if not fast.enabled():
+        print("ASYMVIZ_FAST=0: the sparse backward and the optimizer take the plain path, without the kernels.")
     if lib is None:
         print("Training and benchmarks still work, with PyTorch ops for these loops (slower lazy optimizer "
               "update); install a C compiler (e.g. apt-get install gcc) to build the kernels.", file=sys.stderr)
@@ -642,7 +645,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lab.write_pool_status(runner)
         print(f"asymviz serve: {_pool_text(runner)} on {runner.store.path}; the dashboard "
               f"on http://{args.address}:{args.port}; SIGTERM or Ctrl-C stops both.", file=sys.stderr, flush=True)
-        from asymviz import kernels
+        from asymviz.fast import kernels
         print(f"asymviz serve: CPU kernels: {kernels.status()}", file=sys.stderr, flush=True)
         server = subprocess.Popen(
             lab.die_with_parent(["-m", "streamlit", "run", str(app), "--server.port", str(args.port),

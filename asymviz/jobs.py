@@ -141,7 +141,7 @@ def _warm_up() -> None:
     so the first run's first point reaches the dashboard as fast as the next ones."""
     try:
         import asymviz.data  # noqa: F401  (scikit-learn: a second or two)
-        from asymviz import kernels
+        from asymviz.fast import kernels
 
         kernels.library()  # built (a fraction of a second) or loaded before any run
         fit(TrainConfig(dataset="xor", dataset_options={"n_samples": 64}, hidden=[8], epochs=1, batch_size=32))

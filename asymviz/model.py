@@ -44,7 +44,7 @@ def parse_architecture(spec, n_in: int | None = None, n_out: int | None = None) 
     if isinstance(spec, (list, tuple)):
         hidden = _widths([str(w) for w in spec], spec)
     elif isinstance(spec, str) and spec.strip():
-        text = spec.strip().replace(" ", "")
+        text = spec.strip()  # blanks around a width are fine; "16 16" is no width
         if "-" in text and "," not in text:
             full = _widths(text.split("-"), spec)
             if len(full) < 2:

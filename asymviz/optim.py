@@ -7,18 +7,17 @@ only the entries of an asymmetric layer that received gradient in the last backw
 was dropped for a while resumes exactly where it stopped. `update="dense"` steps every
 parameter with PyTorch's own optimizer instead.
 
-Parameters of layers whose backward is dense (the output layer, symmetric strategies) and every
-parameter under `dense` use PyTorch's own optimizer with fused kernels where available (the
-non-fused CPU Adam was measured to erase the sparse gain).
+`AsymmetricOptimizer` is a `torch.optim.Optimizer`: one parameter group whose hyperparameters
+(lr, momentum, weight_decay, betas, eps) are read at every step, so `torch.optim.lr_scheduler`
+works; `state_dict()` / `load_state_dict()` round-trip everything a run depends on.
 
-Speed (DESIGN.md §5): the lazy step costs what the kept rows cost. `zero_grad()` hands each lazy
-layer's weight-gradient storage back to the layer for reuse (`reset_weight_grad`); Adam on whole
-rows (`neuron`) takes the kept rows of the gradient as the backward computed them (or gathers
-them if `.grad` was edited since), gathers the moments into reused buffers, updates them in
-place with one step count per neuron (bias-correction coefficients looked up in a table) and
-scatters them back. Row x column blocks (`refined`) and masks (`excessive`) take the general path.
-On the CPU with float32 parameters, all of that is one pass of a compiled kernel
-(`asymviz.kernels.update`, same arithmetic) when the kernels are built.
+`_lazy_update` is the reference: gather the supported entries, apply the textbook rule to them
+and to their state, scatter both back. `asymviz.fast.lazy` does the same in one pass of a
+compiled kernel (CPU, float32) or in place on whole rows (Adam, `neuron`), and is what runs by
+default (ASYMVIZ_FAST=0: the reference everywhere). Parameters of layers whose backward is dense
+(the output layer, symmetric strategies) and every parameter under `dense` use PyTorch's own
+optimizer with fused kernels where available (the non-fused CPU Adam was measured to erase the
+sparse gain).
 """
 
 from __future__ import annotations
@@ -28,9 +27,11 @@ import math
 import torch
 from torch import nn
 
-from asymviz import kernels
+from asymviz import fast
 from asymviz.errors import ConfigError
-from asymviz.sparse import AsymmetricLinear, Support, reset_weight_grad
+from asymviz.fast import gradbuf
+from asymviz.fast import lazy as fast_lazy
+from asymviz.sparse import AsymmetricLinear, Support
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 UPDATES = ("lazy", "dense")
@@ -87,12 +88,11 @@ class _Block:
             t.copy_(new)
 
 
-class AsymmetricOptimizer:
+class AsymmetricOptimizer(torch.optim.Optimizer):
     """SGD, SGD+momentum or Adam over a model; asymmetric layers get the lazy update.
 
-    zero_grad() follows `set_to_none` for every parameter; a lazy layer's weight-gradient storage
-    is kept for its next backward, which re-zeroes only the rows it does not overwrite
-    (`asymviz.sparse.reset_weight_grad`).
+    zero_grad() follows `set_to_none` for every parameter (a lazy layer keeps its gradient
+    storage for its next backward: `asymviz.fast.gradbuf`).
     step() skips a lazy layer that had no backward since zero_grad(), as PyTorch skips None grads.
     """
 
@@ -103,227 +103,189 @@ class AsymmetricOptimizer:
             raise ConfigError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
         if update not in UPDATES:
             raise ConfigError(f"Unknown optimizer update {update!r}; choose one of: {', '.join(UPDATES)}.")
-        self.name, self.lr, self.momentum, self.weight_decay = name, lr, momentum, weight_decay
-        self.betas, self.eps, self.update = betas, eps, update
-        self.lazy: list[tuple[nn.Parameter, AsymmetricLinear, str]] = []
+        params = [p for p in model.parameters() if p.requires_grad]
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "betas": tuple(betas), "eps": eps}
+        super().__init__(params, defaults)
+        self.name, self.update = name, update
+        self._lazy: list[tuple[nn.Parameter, AsymmetricLinear, str]] = []  # (parameter, its layer, "weight" | "bias")
         if update == "lazy":
             for m in model.modules():
                 if isinstance(m, AsymmetricLinear) and not m.dense_backward:
-                    self.lazy.append((m.weight, m, "weight"))
+                    self._lazy.append((m.weight, m, "weight"))
                     if m.bias is not None:
-                        self.lazy.append((m.bias, m, "bias"))
-        lazy_ids = {id(p) for p, _, _ in self.lazy}
-        self._buffers = {id(p): m for p, m, kind in self.lazy if kind == "weight"}  # persistent dW
-        self._seen: dict[int, int] = {}  # layer -> its backward count at the last zero_grad
-        dense = [p for p in model.parameters() if id(p) not in lazy_ids and p.requires_grad]
-        self.dense = _torch_optimizer(dense, name, lr, momentum, weight_decay, betas, eps)
-        self.state: dict[int, dict[str, torch.Tensor]] = {}
-        self._scratch: dict[tuple[int, str], torch.Tensor] = {}  # reused gather buffers
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # Adam's coefficients by step count
-        self._step_count = 0  # step() calls: no entry's step count exceeds it
-        self.params = [p for p in model.parameters() if p.requires_grad]
+                        self._lazy.append((m.bias, m, "bias"))
+        lazy = {p for p, _, _ in self._lazy}
+        self._weight_layer = {p: m for p, m, kind in self._lazy if kind == "weight"}
+        self._seen: dict[AsymmetricLinear, int] = {}  # layer -> its backward count at the last zero_grad
+        self._dense = _torch_optimizer([p for p in params if p not in lazy], name, lr, momentum, weight_decay,
+                                       tuple(betas), eps)
+        self._steps = 0  # step() calls: no entry's step count exceeds it
+        self._tables: dict[tuple, tuple[tuple, torch.Tensor, torch.Tensor]] = {}  # Adam's coefficients by step count
+        self._workspace: dict = {}  # the fast path's reused buffers (asymviz.fast.lazy)
+
+    # ------------------------------------------------------------------------- zero_grad, step
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            layer = self._buffers.get(id(p))
+        for p in self.param_groups[0]["params"]:
+            layer = self._weight_layer.get(p)
             if layer is not None:
-                reset_weight_grad(p, layer.state, set_to_none)
-                self._seen[id(layer)] = layer.state.backwards
-            elif set_to_none:
+                self._seen[layer] = layer.state.backwards
+            if p.grad is None:
+                continue
+            if set_to_none:
                 p.grad = None
-            elif p.grad is not None:
+            elif layer is not None and fast.enabled():
+                gradbuf.zero_(p, layer.state)  # only the rows written since the last zeroing
+            else:
                 p.grad.zero_()
 
     @torch.no_grad()
-    def step(self) -> None:
-        self._step_count += 1
-        if self.dense is not None:
-            self.dense.step()
-        done: set[int] = set()
-        for p, layer, kind in self.lazy:
-            if p.grad is None or self._seen.get(id(layer)) == layer.state.backwards or id(p) in done:
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        self._steps += 1
+        if self._dense is not None:
+            self._dense_step(group)
+        done: set[nn.Parameter] = set()
+        for p, layer, kind in self._lazy:
+            if p.grad is None or self._seen.get(layer) == layer.state.backwards or p in done:
                 continue  # no gradient since zero_grad()
             support = layer.state.weight_support if kind == "weight" else layer.state.bias_support
             rowwise = kind == "bias" or layer.options.connection is None  # supports are whole rows
-            if self._kernel_step(p, layer, kind, support, rowwise, done):
+            if fast.enabled() and fast_lazy.step(self, p, layer, kind, support, rowwise, group, done):
                 continue
-            if self.name == "adam" and kind == "weight" and rowwise and support.mask is None and support.cols is None:
-                bias = layer.bias if layer.bias is not None and layer.bias.grad is not None else None
-                self._adam_layer(p, bias, support.rows, self._block(p, layer))  # weight and bias rows together
-                done.update((id(p), id(bias)))
-            else:
-                flat = None
-                if support is not None and support.cols is not None:
-                    flat = self._buffer(p, "flat", len(support.rows) * len(support.cols), torch.long)
-                grad = self._block(p, layer) if kind == "weight" else None
-                self._lazy_step(p, _Block(p.shape, support, flat), rowwise, grad)
+            self._lazy_update(p, support, rowwise, group)
+            done.add(p)
+        return loss
 
-    def _kernel_step(self, p: torch.Tensor, layer: AsymmetricLinear, kind: str, support: Support | None,
-                     rowwise: bool, done: set[int]) -> bool:
-        """The lazy update in one pass with the C kernel (`asymviz.kernels`); False: not possible here.
+    def _dense_step(self, group: dict) -> None:
+        """PyTorch's optimizer on the dense parameters, with this group's current hyperparameters."""
+        for g in self._dense.param_groups:
+            g["lr"], g["weight_decay"] = group["lr"], group["weight_decay"]
+            if self.name == "adam":
+                g["betas"], g["eps"] = group["betas"], group["eps"]
+            elif self.name == "momentum":
+                g["momentum"] = group["momentum"]
+        self._dense.step()
 
-        The same arithmetic as `_lazy_step` / `_adam_layer`: per-row step counts for whole rows
-        (weight and bias of a neuron share one), per-entry counts for column blocks and masks.
+    # ------------------------------------------------------------------------- the reference update
+
+    def _lazy_update(self, p: torch.Tensor, support: Support | None, rowwise: bool, group: dict) -> None:
+        """The lazy update: the textbook rule on the entries that received gradient, nowhere else.
+
+        Gather those entries of p, p.grad and the state, update them, scatter them back; every
+        other entry keeps its value and its state (moments, step count) bit for bit.
         """
-        if support is None or support.rows is None or p.dtype != torch.float32 or p.grad.dtype != torch.float32:
-            return False
-        bias = None
-        if kind == "weight" and rowwise and self.name == "adam" and layer.bias is not None and layer.bias.grad is not None:
-            bias = layer.bias  # updated here too, with the weight rows' step counts
-        mask = support.mask.contiguous() if support.mask is not None else None
+        lr, wd = group["lr"], group["weight_decay"]
+        at = _Block(p.shape, support)
         s = self._state(p, rowwise)
-        tensors = [p, p.grad, support.rows, support.cols, mask, *s.values()]
-        if bias is not None:
-            tensors += [bias, bias.grad, *self._state(bias, True).values()]
-        if (not kernels.usable(*tensors) or support.rows.dtype != torch.int64
-                or (support.cols is not None and support.cols.dtype != torch.int64)
-                or s["step"].dtype != (torch.int64 if rowwise else torch.int32)):
-            return False
-        block = self._block(p, layer) if kind == "weight" else None
-        if block is not None and not block.is_contiguous():
-            block = None
-        grad = p.grad if block is None else block
-        rows, hyper = support.rows, {"lr": self.lr, "weight_decay": self.weight_decay}
+        w = at.get(p)  # only the entries that received gradient
+        g = at.get(p.grad)
+        if wd:
+            g = g.add(w, alpha=wd)
         if self.name == "sgd":
-            kernels.update("sgd", p, grad, block is not None, rows, cols=support.cols, mask=mask, **hyper)
+            new = w.sub(g, alpha=lr)
         elif self.name == "momentum":
-            kernels.update("momentum", p, grad, block is not None, rows, m=s["momentum_buffer"], cols=support.cols,
-                           mask=mask, momentum=self.momentum, **hyper)
-        else:
-            scale, shift = self._adam_table(p)
-            adam = {"m": s["exp_avg"], "v": s["exp_avg_sq"], "scale": scale, "shift": shift, "betas": self.betas,
-                    "weight_decay": self.weight_decay}
-            if rowwise:
-                steps = s["step"].view(-1)
-                t = steps.index_select(0, rows).add_(1)  # (k,) this step's count per row
-                steps.index_copy_(0, rows, t)
-                kernels.update("adam", p, grad, block is not None, rows, row_t=t, **adam)
-                if bias is not None:
-                    sb = self._state(bias, True)
-                    sb["step"] = steps  # the bias rows are the weight rows: one count per neuron
-                    kernels.update("adam", bias, bias.grad, False, rows, m=sb["exp_avg"], v=sb["exp_avg_sq"],
-                                   row_t=t, scale=scale, shift=shift, betas=self.betas,
-                                   weight_decay=self.weight_decay)
-                    done.add(id(bias))
-            else:
-                kernels.update("adam", p, grad, block is not None, rows, cols=support.cols, mask=mask,
-                               entry_step=s["step"], **adam)
-        done.add(id(p))
-        return True
+            old = at.get(s["momentum_buffer"])
+            buf = old.mul(group["momentum"]).add_(g)  # v <- mu v + g
+            at.put(s["momentum_buffer"], buf, old)
+            new = w.sub(buf, alpha=lr)
+        else:  # adam, bias-corrected with each entry's (or row's) own step count
+            b1, b2 = group["betas"]
+            old_t = at.get(s["step"])
+            t = old_t + 1  # integer step counts, per entry
+            old_m, old_v = at.get(s["exp_avg"]), at.get(s["exp_avg_sq"])
+            m = old_m.lerp(g, 1 - b1)  # b1 m + (1 - b1) g
+            v = old_v.mul(b2).addcmul_(g, g, value=1 - b2)  # b2 v + (1 - b2) g^2
+            scale, shift = (c.index_select(0, t.reshape(-1)).view_as(t) for c in self.adam_table(p))
+            denom = v.sqrt().mul_(scale).add_(shift)  # (sqrt(v_hat) + eps) / (lr / bc1)
+            new = w - torch.div(m, denom, out=denom)  # w - lr m_hat / (sqrt(v_hat) + eps)
+            at.put(s["exp_avg"], m, old_m)
+            at.put(s["exp_avg_sq"], v, old_v)
+            at.put(s["step"], t, old_t)
+        at.put(p, new, w)
 
     def _state(self, p: torch.Tensor, rowwise: bool) -> dict[str, torch.Tensor]:
-        s = self.state.get(id(p))
-        if s is None:
-            # Adam's step count per entry; per row (an integer) where every support is whole rows.
+        """p's lazy state, made on first use: Adam's step count per entry, or per row (an integer)
+        where every support is whole rows; Adam's moments or the momentum buffer."""
+        s = self.state[p]
+        if not s:
             if rowwise:
-                s = {"step": torch.zeros((p.shape[0],) + (1,) * (p.dim() - 1), dtype=torch.long, device=p.device)}
+                s["step"] = torch.zeros((p.shape[0],) + (1,) * (p.dim() - 1), dtype=torch.long, device=p.device)
             else:
-                s = {"step": torch.zeros(p.shape, dtype=torch.int32, device=p.device)}
+                s["step"] = torch.zeros(p.shape, dtype=torch.int32, device=p.device)
             if self.name == "adam":
                 s["exp_avg"], s["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
             elif self.name == "momentum":
                 s["momentum_buffer"] = torch.zeros_like(p)
-            self.state[id(p)] = s
         return s
 
-    def _lazy_step(self, p: torch.Tensor, block: _Block, rowwise: bool = False,
-                   grad: torch.Tensor | None = None) -> None:
-        """Gather the supported entries, apply the textbook update to them, scatter them back.
+    def adam_table(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam's bias correction by step count t, as two factors (float64, rounded once to p's dtype):
 
-        grad: those entries of p.grad as the backward computed them (None: gather them).
-        """
-        s = self._state(p, rowwise)
-        w = block.get(p)  # only the entries that received gradient
-        g = block.get(p.grad) if grad is None else grad.view(w.shape)
-        if self.weight_decay:
-            g = g.add(w, alpha=self.weight_decay)
-        if self.name == "sgd":
-            new = w.sub(g, alpha=self.lr)
-        elif self.name == "momentum":
-            old = block.get(s["momentum_buffer"])
-            buf = old.mul(self.momentum).add_(g)  # v <- mu v + g
-            block.put(s["momentum_buffer"], buf, old)
-            new = w.sub(buf, alpha=self.lr)
-        else:  # adam, bias-corrected with each entry's (or row's) own step count
-            b1, b2 = self.betas
-            old_t = block.get(s["step"])
-            t = old_t + 1  # integer step counts, per entry
-            old_m, old_v = block.get(s["exp_avg"]), block.get(s["exp_avg_sq"])
-            m = old_m.lerp(g, 1 - b1)  # b1 m + (1 - b1) g
-            v = old_v.mul(b2).addcmul_(g, g, value=1 - b2)  # b2 v + (1 - b2) g^2
-            scale, shift = (c.index_select(0, t.reshape(-1)).view_as(t) for c in self._adam_table(p))
-            denom = v.sqrt().mul_(scale).add_(shift)  # (sqrt(v_hat) + eps) / (lr / bc1)
-            new = w - torch.div(m, denom, out=denom)  # w - lr m_hat / (sqrt(v_hat) + eps)
-            block.put(s["exp_avg"], m, old_m)
-            block.put(s["exp_avg_sq"], v, old_v)
-            block.put(s["step"], t, old_t)
-        block.put(p, new, w)
+            lr m_hat / (sqrt(v_hat) + eps) = m / (sqrt(v) scale[t] + shift[t])
+            scale[t] = bc1 / (lr sqrt(bc2)),  shift[t] = eps bc1 / lr,  bc = 1 - beta^t
 
-    def _buffer(self, p: torch.Tensor, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """A flat tensor of at least numel entries, reused from step to step (fresh large CPU buffers page-fault)."""
-        key = (id(p), name)
-        buf = self._scratch.get(key)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != p.device:
-            buf = self._scratch[key] = torch.empty(numel, dtype=dtype, device=p.device)
-        return buf
-
-    def _gather(self, p: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
-        """t[rows] (t: p or one of its p-shaped tensors) into reused storage."""
-        shape = (len(rows), *t.shape[1:])
-        numel = math.prod(shape)
-        return torch.index_select(t, 0, rows, out=self._buffer(p, name, numel, t.dtype)[:numel].view(shape))
-
-    @staticmethod
-    def _block(p: torch.Tensor, layer: AsymmetricLinear) -> torch.Tensor | None:
-        """The rows of p.grad the last backward wrote, as it computed them (None: gather them)."""
-        state = layer.state
-        block, state.grad_block = state.grad_block, None  # handed over once: the step writes into it
-        return block if state.owns(p.grad) else None
-
-    def _adam_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
-                    block: torch.Tensor | None = None) -> None:
-        """Adam on whole rows of a layer's weight and bias (the `neuron` case), row step counts shared.
-
-        The same update as `_lazy_step`, rearranged so that every (k, n_in) pass is in place and
-        the parameter is written by one scatter-add: with per-row bc1 = 1 - b1^t, bc2 = 1 - b2^t,
-        lr m_hat / (sqrt(v_hat) + eps) = m / (sqrt(v) * bc1 / (lr sqrt(bc2)) + eps bc1 / lr),
-        the two per-row coefficients looked up by step count in a table.
-        """
-        s = self._state(weight, True)
-        t = s["step"].index_select(0, rows).add_(1)  # (k, 1)
-        s["step"].index_copy_(0, rows, t)
-        scale, shift = (c.index_select(0, t.view(-1)).view_as(t) for c in self._adam_table(weight))  # (k, 1)
-        self._adam_rows(weight, s, rows, scale, shift, block)
-        if bias is not None:
-            sb = self._state(bias, True)
-            sb["step"] = s["step"].view(-1)  # the bias rows are the weight rows: one count per neuron
-            self._adam_rows(bias, sb, rows, scale.view(-1), shift.view(-1))
-
-    def _adam_table(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """By step count t: scale[t] = bc1 / (lr sqrt(bc2)), shift[t] = eps bc1 / lr (grown as needed)."""
-        need = self._step_count + 1
-        key = (p.device, p.dtype, self.lr, self.betas, self.eps)  # a changed lr makes a new table
-        table = self._tables.get(key)
-        if table is None or len(table[0]) <= need:
-            b1, b2 = self.betas
+        Grown as step counts grow; built again when lr, betas or eps change (a scheduler)."""
+        group = self.param_groups[0]
+        need = self._steps + 1
+        hyper = (group["lr"], tuple(group["betas"]), group["eps"])
+        key = (p.device, p.dtype)
+        held = self._tables.get(key)
+        if held is None or held[0] != hyper or len(held[1]) <= need:
+            lr, (b1, b2), eps = hyper
             t = torch.arange(max(64, 2 * need), dtype=torch.float64)
             bc1, bc2 = -torch.expm1(t * math.log(b1)), -torch.expm1(t * math.log(b2))
             bc1[0] = bc2[0] = 1.0  # t = 0 never indexes (counts start at 1)
-            table = self._tables[key] = tuple(c.to(device=p.device, dtype=p.dtype).contiguous() for c in
-                                              (bc1 / (self.lr * bc2.sqrt()), bc1 * (self.eps / self.lr)))
-        return table
+            scale, shift = (c.to(device=p.device, dtype=p.dtype).contiguous() for c in
+                            (bc1 / (lr * bc2.sqrt()), bc1 * (eps / lr)))
+            held = self._tables[key] = (hyper, scale, shift)
+        return held[1], held[2]
 
-    def _adam_rows(self, p: torch.Tensor, s: dict[str, torch.Tensor], rows: torch.Tensor,
-                   scale: torch.Tensor, shift: torch.Tensor, block: torch.Tensor | None = None) -> None:
-        """block: p.grad[rows] as the backward computed it (private to the layer: used as scratch)."""
-        b1, b2 = self.betas
-        g = block if block is not None else self._gather(p, p.grad, rows, "g")  # (k, n_in) rows with gradient
-        if self.weight_decay:
-            g.add_(p.index_select(0, rows), alpha=self.weight_decay)
-        m = self._gather(p, s["exp_avg"], rows, "m").lerp_(g, 1 - b1)  # b1 m + (1 - b1) g
-        v = self._gather(p, s["exp_avg_sq"], rows, "v").mul_(b2).addcmul_(g, g, value=1 - b2)  # b2 v + (1 - b2) g^2
-        s["exp_avg"].index_copy_(0, rows, m)
-        s["exp_avg_sq"].index_copy_(0, rows, v)
-        update = torch.sqrt(v, out=g).mul_(scale).add_(shift)  # g is no longer needed: reuse it
-        torch.div(m, update, out=update)  # lr m_hat / (sqrt(v_hat) + eps)
-        p.index_add_(0, rows, update, alpha=-1.0)
+    # ------------------------------------------------------------------------- state_dict
+
+    def state_dict(self) -> dict:
+        """PyTorch's optimizer state dict (the lazy state per parameter, the group), plus the
+        dense parameters' optimizer ("dense") and the number of steps taken ("steps")."""
+        sd = super().state_dict()
+        sd["dense"] = self._dense.state_dict() if self._dense is not None else None
+        sd["steps"] = self._steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load `state_dict()`'s output (e.g. read back with torch.load) into this optimizer of
+        the same model; ValueError with one sentence when it does not fit."""
+        state_dict = dict(state_dict)
+        dense, steps = state_dict.pop("dense", None), state_dict.pop("steps", None)
+        if not isinstance(steps, int) or steps < 0 or (dense is None) != (self._dense is None):
+            raise ValueError("This optimizer state was saved by another kind of optimizer or model.")
+        params = self.param_groups[0]["params"]
+        for key, s in state_dict.get("state", {}).items():
+            if not isinstance(key, int) or not 0 <= key < len(params):
+                raise ValueError(f"This optimizer state names parameter {key!r}, which the model does not have.")
+            _check_lazy_state(params[key], s, steps)
+        super().load_state_dict(state_dict)
+        for p, s in self.state.items():  # PyTorch keeps "step" where it was loaded: put it beside p
+            s["step"] = s["step"].to(p.device)
+        if self._dense is not None:
+            self._dense.load_state_dict(dense)
+        self._steps = steps
+        self._tables.clear()
+
+
+def _check_lazy_state(p: torch.Tensor, s: dict, steps: int) -> None:
+    """A loaded lazy state fits its parameter and no step count exceeds the steps taken."""
+    shapes = {"exp_avg": p.shape, "exp_avg_sq": p.shape, "momentum_buffer": p.shape}
+    row = (p.shape[0],) + (1,) * (p.dim() - 1)
+    ok = isinstance(s, dict) and isinstance(s.get("step"), torch.Tensor)
+    if ok:
+        step = s["step"]
+        ok = ((step.dtype == torch.long and tuple(step.shape) in (row, (p.shape[0],)))
+              or (step.dtype == torch.int32 and step.shape == p.shape))
+        ok = ok and (step.numel() == 0 or 0 <= int(step.min()) and int(step.max()) <= steps)
+        ok = ok and all(isinstance(s[k], torch.Tensor) and s[k].shape == shape for k, shape in shapes.items() if k in s)
+    if not ok:
+        raise ValueError("This optimizer state does not fit the model's parameters (shapes or step counts differ).")

@@ -28,6 +28,7 @@ from asymviz.model import ACTIVATIONS, MLP, count_parameters, parse_architecture
 from asymviz.optim import OPTIMIZERS, UPDATES, AsymmetricOptimizer
 from asymviz.sparse import check_sparsity
 from asymviz.strategies import GRANULARITIES, SELECTIONS, check_choice, get_strategy
+from asymviz.values import boolean, dataset_options, integer, number
 
 DEVICES = ("auto", "cpu", "cuda")
 WARMUP_STEPS = 5  # excluded from the mean step timings (first steps pay allocation costs)
@@ -96,7 +97,7 @@ class TrainConfig(JSONConfig):
 
         Raises ConfigError with one sentence naming the field and what it accepts.
         """
-        c = dataclasses.replace(self, dataset_options=dict(self.dataset_options or {}))
+        c = dataclasses.replace(self, dataset_options=dataset_options(self.dataset_options))
         preset = get_strategy(c.strategy)
         c.hidden = parse_architecture(c.hidden)
         check_choice("activation", c.activation, tuple(ACTIVATIONS))
@@ -111,41 +112,19 @@ class TrainConfig(JSONConfig):
         c.conn_sparsity = check_sparsity(c.conn_sparsity, "conn_sparsity") if preset.connection else 0.0
         if not preset.neuron_sparse:
             c.selection, c.granularity = "topk", "batch"
-        c.dropout = preset.default_dropout if c.dropout is None else _number(c.dropout, "dropout", 0.0, 1.0, right_open=True)
+        c.dropout = preset.default_dropout if c.dropout is None else number(c.dropout, "dropout", 0.0, 1.0, right_open=True)
         if c.strategy == "dropout" and c.dropout == 0:
             raise ConfigError("The dropout strategy needs a dropout probability p in (0, 1), got 0.")
-        c.lr = _number(c.lr, "lr", 0.0, 10.0, left_open=True)
-        c.momentum = _number(c.momentum, "momentum", 0.0, 1.0, right_open=True)
-        c.weight_decay = _number(c.weight_decay, "weight_decay", 0.0, 1.0)
-        c.batch_size = _integer(c.batch_size, "batch_size", 1, 65536)
-        c.epochs = _integer(c.epochs, "epochs", 1, 100000)
-        c.patience = _integer(c.patience, "patience", 0, 100000)
-        c.seed = _integer(c.seed, "seed", 0, 2**31 - 1)
-        c.split_seed = _integer(c.split_seed, "split_seed", 0, 2**31 - 1)
-        c.sparse_output = bool(c.sparse_output)
+        c.lr = number(c.lr, "lr", 0.0, 10.0, left_open=True)
+        c.momentum = number(c.momentum, "momentum", 0.0, 1.0, right_open=True)
+        c.weight_decay = number(c.weight_decay, "weight_decay", 0.0, 1.0)
+        c.batch_size = integer(c.batch_size, "batch_size", 1, 65536)
+        c.epochs = integer(c.epochs, "epochs", 1, 100000)
+        c.patience = integer(c.patience, "patience", 0, 100000)
+        c.seed = integer(c.seed, "seed", 0, 2**31 - 1)
+        c.split_seed = integer(c.split_seed, "split_seed", 0, 2**31 - 1)
+        c.sparse_output = boolean(c.sparse_output, "sparse_output")
         return c
-
-
-def _number(value, name, lo, hi, left_open=False, right_open=False) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
-    ok = (x > lo if left_open else x >= lo) and (x < hi if right_open else x <= hi)
-    if not ok or math.isnan(x):
-        left, right = "(" if left_open else "[", ")" if right_open else "]"
-        raise ConfigError(f"{name} must be in {left}{lo:g}, {hi:g}{right}, got {value!r}.")
-    return x
-
-
-def _integer(value, name, lo, hi) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-                                       or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}.")
-    x = int(value)
-    if not lo <= x <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {x}.")
-    return x
 
 
 def resolve_device(name: str) -> torch.device:

@@ -15,7 +15,7 @@ case "${1:-}" in
     --ray) requirements=(-r requirements.txt -r requirements-ray.txt) ;;
 esac
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
-# The compiled CPU kernels (asymviz/kernels.py): built now if a C compiler is there; without one
+# The compiled CPU kernels (asymviz/fast/kernels.py): built now if a C compiler is there; without one
 # asymviz says so and uses PyTorch ops instead.
 .venv/bin/python -m asymviz kernels || true
 if [ "${1:-}" = "--dev" ] && [ ! -x /usr/bin/chromium ]; then

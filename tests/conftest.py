@@ -75,7 +75,7 @@ def _kernels_or_skip():
     ASYMVIZ_REQUIRE_KERNELS is set (CI sets it: there they must build and be tested)."""
     import os
 
-    from asymviz import kernels
+    from asymviz.fast import kernels
 
     lib = kernels.library()
     if lib is None:
@@ -91,14 +91,17 @@ def kernel_lib():
     return _kernels_or_skip()
 
 
-@pytest.fixture(params=["c-kernels", "pytorch-ops"])
-def kernel_path(request, monkeypatch):
-    """Run a test twice: with asymviz's compiled CPU kernels and with the PyTorch ops they replace."""
-    from asymviz import kernels
+@pytest.fixture(params=["fast/c-kernels", "fast/pytorch-ops", "plain"])
+def numerics_path(request, monkeypatch):
+    """Run a test three times: on the fast path with the compiled kernels, on the fast path with
+    the PyTorch ops they replace, and on the plain reference path (asymviz.fast off)."""
+    from asymviz import fast
+    from asymviz.fast import kernels
 
-    if request.param == "c-kernels":
+    if request.param == "fast/c-kernels":
         _kernels_or_skip()
     else:
         monkeypatch.setattr(kernels, "_lib", None)
         monkeypatch.setattr(kernels, "_tried", True)
+    monkeypatch.setattr(fast, "_enabled", request.param != "plain")
     return request.param

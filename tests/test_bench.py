@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from asymviz import kernels
+from asymviz.fast import kernels
 from asymviz.bench import backward_flops, backward_table, format_table
 from asymviz.errors import ConfigError
 
@@ -114,3 +114,15 @@ def test_symmetric_overhead_is_well_formed():
     r = symmetric_overhead([16], batch=4, n_in=6, n_out=3, repeats=2, warmup=1)
     assert r["nn_backward_ms"] > 0 and r["asym_step_ms"] > 0
     assert r["step_overhead"] == pytest.approx(r["asym_step_ms"] / r["nn_step_ms"] - 1)
+
+
+def test_user_loop_table_is_well_formed():
+    from asymviz.bench import user_loop_table
+
+    (row,) = user_loop_table([16, 12], batch=4, sparsities=[0.5], n_in=6, n_out=3, repeats=2, warmup=1)
+    assert row["keep"] == 8 and row["widths"] == [16, 12]
+    for loop in ("user", "library"):
+        assert row[f"{loop}_dense_backward_ms"] > 0 and row[f"{loop}_sparse_backward_ms"] > 0
+        assert row[f"{loop}_backward_speedup"] == pytest.approx(
+            row[f"{loop}_dense_backward_ms"] / row[f"{loop}_sparse_backward_ms"])
+    assert row["user_vs_library"] == pytest.approx(row["user_backward_speedup"] / row["library_backward_speedup"])

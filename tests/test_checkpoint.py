@@ -1,5 +1,7 @@
 """A run that yields with a checkpoint and resumes ends bit for bit as an uninterrupted one."""
 
+import pathlib
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from asymviz import checkpoint
 from asymviz.errors import ConfigError
 from asymviz.train import Callback, TrainConfig, fit
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOT_TIMINGS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "test_loss", "test_acc", "best_epoch",
                "best_val_acc", "best_gap", "epochs", "steps", "status")
 
@@ -113,3 +116,25 @@ def test_checkpoint_files_are_named_by_run_id_and_unreadable_ones_are_one_senten
     (path.parent / "notes.txt").write_text("kept")
     assert sorted(checkpoint.prune(tmp_path / "asymviz.db", keep={13})) == [12]
     assert sorted(p.name for p in path.parent.iterdir()) == ["notes.txt", "run-13.pt"]
+
+
+def test_a_checkpoint_written_before_the_optimizer_had_a_state_dict_still_resumes():
+    """tests/data/checkpoint-v1-neuron-adam.pt was written by the previous optimizer ({"lazy",
+    "step_count", "dense"}) at step 5 of this config: resumed now, the run ends as an uninterrupted one."""
+    config = TrainConfig(dataset="moons", hidden=[16, 8], epochs=3, batch_size=64, seed=3, strategy="neuron",
+                         sparsity=0.5, optimizer="adam")
+    saved = checkpoint.load(ROOT / "tests" / "data" / "checkpoint-v1-neuron-adam.pt")
+    assert set(saved["optimizer"]) == {"lazy", "step_count", "dense"}
+    whole, resumed = Keep(), Keep()
+    fit(config, [whole])
+    assert fit(config, [resumed], resume=saved)["status"] == "finished"
+    for key, value in whole.state.items():
+        assert torch.equal(resumed.state[key], value), key
+
+
+def test_an_optimizer_state_that_does_not_fit_is_one_sentence():
+    config = TrainConfig(dataset="xor", hidden=[8], epochs=3, seed=1)
+    saved = fit(config, [Keep([2])])["checkpoint"]
+    saved["optimizer"]["state"] = {0: {"step": torch.zeros(3, dtype=torch.long)}}
+    with pytest.raises(ConfigError, match="optimizer state that does not fit"):
+        fit(config, resume=saved)

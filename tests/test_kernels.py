@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from asymviz import kernels
+from asymviz.fast import kernels
 from asymviz.model import MLP
 from asymviz.optim import AsymmetricOptimizer
 
@@ -179,3 +179,54 @@ def test_threads_only_on_torchs_own_openmp_pool(monkeypatch):
     assert kernels._threads(10**6) == 4 and kernels._threads(1000) == 1
     monkeypatch.setattr(kernels, "_gomp", False)
     assert kernels._threads(10**6) == 1
+
+
+# ----------------------------------------------------------------------------- the typed interface
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: kernels.abs_colsum(torch.randn(4, 5, dtype=torch.float64)), "x must be torch.float32"),
+    (lambda: kernels.abs_colsum(torch.randn(5, 4).t()), "x must be a contiguous CPU tensor"),
+    (lambda: kernels.gather_rows(torch.randn(6, 3), torch.tensor([0, 6])), "a row index is out of range"),
+    (lambda: kernels.gather_rows(torch.randn(6, 3), torch.tensor([-1])), "a row index is out of range"),
+    (lambda: kernels.gather_rows(torch.randn(6, 3), torch.tensor([1], dtype=torch.int32)), "rows must be torch.int64"),
+    (lambda: kernels.gather_cols(torch.randn(2, 3), torch.tensor([3])), "a column index is out of range"),
+    (lambda: kernels.gather_block(torch.randn(6, 3), torch.tensor([1]), torch.tensor([0]), out=torch.empty(2, 1)),
+     "out must have shape (1, 1)"),
+    (lambda: kernels.scatter_block(torch.zeros(6, 3), torch.tensor([1, 2]), torch.tensor([0]), torch.ones(1, 1)),
+     "block must have shape (2, 1)"),
+    (lambda: kernels.expand_cols(torch.randn(2, 2), torch.tensor([0]), 4), "one index per column of x"),
+    (lambda: kernels.replace_rows(torch.zeros(4, 3), torch.tensor([0]), torch.ones(1, 3), torch.tensor([9])),
+     "a row index is out of range"),
+    (lambda: kernels.sgd_(torch.zeros(4, 3), torch.zeros(4, 2), kernels.Entries(torch.tensor([0])), lr=0.1),
+     "grad must have shape (4, 3)"),
+    (lambda: kernels.adam_(torch.zeros(4, 3), torch.ones(4, 3), torch.zeros(4, 3), torch.zeros(4, 3),
+                           kernels.Entries(torch.tensor([1])),
+                           kernels.AdamCoefficients(torch.ones(3), torch.ones(3), (0.9, 0.999)),
+                           row_t=torch.tensor([3])), "a step count is beyond the coefficient table"),
+    (lambda: kernels.adam_(torch.zeros(4, 3), torch.ones(4, 3), torch.zeros(4, 3), torch.zeros(4, 3),
+                           kernels.Entries(torch.tensor([1])),
+                           kernels.AdamCoefficients(torch.ones(3), torch.ones(3), (0.9, 0.999))), "exactly one of"),
+])
+def test_bad_arguments_are_refused_with_a_sentence(kernel_lib, call, message):
+    with pytest.raises(kernels.KernelArgumentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_a_refused_index_touches_nothing(kernel_lib):
+    """The C code checks every index before it writes: a bad one leaves the parameter and its state as they were."""
+    p, m = torch.randn(5, 4), torch.randn(5, 4)
+    before = (p.clone(), m.clone())
+    with pytest.raises(kernels.KernelArgumentError, match="row index"):
+        kernels.momentum_(p, torch.ones(5, 4), m, kernels.Entries(torch.tensor([0, 2, 5])), lr=0.1, momentum=0.9)
+    with pytest.raises(kernels.KernelArgumentError, match="column index"):
+        kernels.momentum_(p, torch.ones(5, 4), m, kernels.Entries(torch.tensor([0]), torch.tensor([1, 4])), lr=0.1,
+                          momentum=0.9)
+    assert torch.equal(p, before[0]) and torch.equal(m, before[1])
+
+
+def test_accepts_names_what_can_go_to_the_kernels(kernel_lib):
+    x = torch.randn(3, 4)
+    assert kernels.accepts(x, torch.tensor([1]), None, torch.zeros(2, dtype=torch.bool))
+    assert not kernels.accepts(x.t())  # not contiguous
+    assert not kernels.accepts(x.double())
+    assert not kernels.accepts(x.to_sparse())

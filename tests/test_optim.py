@@ -10,7 +10,7 @@ from asymviz.errors import ConfigError
 from asymviz.model import MLP
 from asymviz.optim import AsymmetricOptimizer
 
-pytestmark = pytest.mark.usefixtures("kernel_path")  # every test with the C kernels and without
+pytestmark = pytest.mark.usefixtures("numerics_path")  # fast (C kernels, PyTorch ops) and plain
 
 
 def two_steps(name, strategy, update="lazy", granularity="batch"):
@@ -157,7 +157,7 @@ def test_lazy_adam_matches_float64_reference_on_every_support_kind(strategy, gra
 
 
 @pytest.mark.parametrize("path", ["compact", "dense"])
-def test_zero_grad_stashes_the_buffer_and_step_without_backward_is_a_no_op(path):
+def test_zero_grad_sets_none_and_step_without_backward_is_a_no_op(path):
     torch.manual_seed(0)
     model = MLP(6, [20], 3, strategy="neuron", sparsity=0.8)
     opt = AsymmetricOptimizer(model, "adam", lr=0.1)
@@ -166,10 +166,9 @@ def test_zero_grad_stashes_the_buffer_and_step_without_backward_is_a_no_op(path)
     nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
     opt.step()
     opt.zero_grad()
-    assert layer.weight.grad is None  # set_to_none, as for every parameter ...
-    assert (layer.state._stash is not None) == (path == "compact")  # ... the compact path keeps the storage
+    assert layer.weight.grad is None  # set_to_none, as for every parameter
     opt.zero_grad(set_to_none=False)  # a second zero_grad changes nothing
-    assert layer.weight.grad is None and (layer.state._stash is not None) == (path == "compact")
+    assert layer.weight.grad is None
     assert model.linears[1].weight.grad is None  # other parameters follow set_to_none
     before = layer.weight.detach().clone()
     opt.step()  # no backward since zero_grad: nothing moves (Adam's momentum included)
@@ -177,7 +176,7 @@ def test_zero_grad_stashes_the_buffer_and_step_without_backward_is_a_no_op(path)
 
 
 @pytest.mark.parametrize("edit", ["in place", "replaced"])
-def test_adam_reads_an_edited_gradient_not_the_backwards_copy(edit):
+def test_adam_reads_an_edited_gradient_not_the_backwards_copy(edit, numerics_path):
     """The row fast path reuses the backward's dW block only while .grad is untouched (e.g. no clipping)."""
     def run(scale_loss: bool):
         torch.manual_seed(3)
@@ -191,7 +190,8 @@ def test_adam_reads_an_edited_gradient_not_the_backwards_copy(edit):
             loss = nn.functional.cross_entropy(model(x), y)
             (loss * 0.5 if scale_loss else loss).backward()
             if not scale_loss:
-                assert layer.state.grad_block is not None  # what the optimizer would otherwise reuse
+                if numerics_path != "plain":  # the backward's dW rows, which the fast path would otherwise reuse
+                    assert layer.state.workspace.grad.block is not None
                 if edit == "in place":
                     layer.weight.grad.mul_(0.5)
                 else:
@@ -203,3 +203,119 @@ def test_adam_reads_an_edited_gradient_not_the_backwards_copy(edit):
         return layer.weight.detach()
 
     torch.testing.assert_close(run(scale_loss=False), run(scale_loss=True), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- torch.optim.Optimizer
+
+def _batches(n, seed=9):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(n)]
+
+
+def _train(model, opt, batches):
+    for x, y in batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("strategy", ["neuron", "excessive", "refined"])
+def test_state_dict_round_trip_continues_bit_for_bit(name, strategy, tmp_path):
+    """Train 5 steps, save, load into a fresh model and optimizer, go on: the same bits as never stopping."""
+    batches = _batches(9)
+
+    def build():
+        torch.manual_seed(0)
+        model = MLP(6, [20, 16], 3, strategy=strategy, sparsity=0.75, conn_sparsity=0.5)
+        return model, AsymmetricOptimizer(model, name, lr=0.05, weight_decay=0.01)
+
+    whole, opt = build()
+    _train(whole, opt, batches)
+    first, opt1 = build()
+    _train(first, opt1, batches[:5])
+    torch.save({"model": first.state_dict(), "optimizer": opt1.state_dict()}, tmp_path / "saved.pt")
+    saved = torch.load(tmp_path / "saved.pt", weights_only=True)
+    again, opt2 = build()
+    again.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["optimizer"])
+    assert opt2.state_dict()["steps"] == 5
+    _train(again, opt2, batches[5:])
+    for a, b in zip(whole.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    for (p, s), (q, t) in zip(opt.state.items(), opt2.state.items()):
+        assert s.keys() == t.keys() and all(torch.equal(s[k], t[k]) for k in s)
+
+
+def test_load_state_dict_refuses_what_does_not_fit():
+    torch.manual_seed(0)
+    model = MLP(6, [20], 3, strategy="neuron", sparsity=0.75)
+    opt = AsymmetricOptimizer(model, "adam")
+    _train(model, opt, _batches(2))
+    good = opt.state_dict()
+    other = AsymmetricOptimizer(MLP(6, [12], 3, strategy="neuron", sparsity=0.75), "adam")
+    with pytest.raises(ValueError, match="does not fit the model"):
+        other.load_state_dict(good)
+    bad = {**good, "state": {k: dict(v) for k, v in good["state"].items()}}
+    bad["state"][0]["step"] = bad["state"][0]["step"] + 100  # step counts beyond the steps taken
+    with pytest.raises(ValueError, match="step counts"):
+        AsymmetricOptimizer(model, "adam").load_state_dict(bad)
+    with pytest.raises(ValueError, match="another kind of optimizer"):
+        AsymmetricOptimizer(model, "adam").load_state_dict({k: v for k, v in good.items() if k != "steps"})
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_an_lr_scheduler_drives_the_lazy_and_the_dense_update(name):
+    """StepLR halves the group's lr every 2 steps: the lazy layer follows the float64 reference
+    with that lr, and the dense output layer (PyTorch's optimizer inside) follows it too."""
+    torch.manual_seed(1)
+    model = MLP(5, [12], 3, strategy="neuron", sparsity=0.5)
+    hidden, out = model.linears
+    lr0, (b1, b2), eps = 0.1, (0.9, 0.999), 1e-8
+    opt = AsymmetricOptimizer(model, name, lr=lr0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    w = hidden.weight.detach().double().clone()
+    m, v, t = (torch.zeros_like(w) for _ in range(3))
+    lrs = []
+    for _ in range(6):
+        lr = opt.param_groups[0]["lr"]
+        lrs.append(lr)
+        x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        g = hidden.weight.grad.double()
+        touched = torch.zeros_like(w, dtype=torch.bool)
+        touched[hidden.state.weight_support.rows] = True
+        out_before, out_grad = out.weight.detach().clone(), out.weight.grad.clone()
+        opt.step()
+        sched.step()
+        if name == "sgd":
+            new = w - lr * g
+            torch.testing.assert_close(out.weight.detach(), out_before - lr * out_grad)
+        else:
+            t = torch.where(touched, t + 1, t)
+            m = torch.where(touched, b1 * m + (1 - b1) * g, m)
+            v = torch.where(touched, b2 * v + (1 - b2) * g * g, v)
+            tt = t.clamp(min=1)
+            new = w - lr * (m / (1 - b1**tt)) / ((v / (1 - b2**tt)).sqrt() + eps)
+        w = torch.where(touched, new, w)
+        torch.testing.assert_close(hidden.weight.detach().double(), w, rtol=1e-5, atol=1e-6)
+    assert lrs == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+
+
+def test_is_a_torch_optimizer_with_one_group():
+    model = MLP(6, [20], 3, strategy="refined", sparsity=0.75, conn_sparsity=0.5)
+    opt = AsymmetricOptimizer(model, "momentum", lr=0.2, momentum=0.8)
+    assert isinstance(opt, torch.optim.Optimizer)
+    (group,) = opt.param_groups
+    assert group["lr"] == 0.2 and group["momentum"] == 0.8
+    assert group["params"] == [p for p in model.parameters()]
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    assert torch.is_tensor(opt.step(closure))

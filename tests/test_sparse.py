@@ -1,4 +1,7 @@
-"""The sparse backward against a float64 reference written from DESIGN.md §1's formulas."""
+"""The sparse backward against a float64 reference written from DESIGN.md §1's formulas.
+
+Every test runs on the fast path (with and without the C kernels) and on the plain reference
+path; `test_fast.py` compares the two directly and tests what only the fast path does."""
 
 import itertools
 
@@ -8,9 +11,9 @@ from torch import nn
 
 from asymviz.errors import ConfigError
 from asymviz.sparse import (AsymmetricLinear, AsymmetricLinearFunction, LayerState, SparseOptions,
-                            asymmetric_linear, keep_count, reset_weight_grad, use_compact)
+                            asymmetric_linear, keep_count)
 
-pytestmark = pytest.mark.usefixtures("kernel_path")  # every test with the C kernels and without
+pytestmark = pytest.mark.usefixtures("numerics_path")  # fast (C kernels, PyTorch ops) and plain
 
 STRATEGY_CONNECTION = {"neuron": None, "excessive": "weight", "refined": "activity"}
 SHAPES = [(7, 5, 9), (32, 24, 16), (1, 13, 3), (64, 40, 50)]  # (B, n_in, n_out)
@@ -194,90 +197,7 @@ def test_extra_repr_shows_strategy_and_sparsity():
     assert "sparsity" not in repr(AsymmetricLinear(10, 20, strategy="symmetric", sparsity=0.9)).split("strategy=symmetric")[1]
 
 
-# ----------------------------------------------------------------------------- fast paths
-
-@pytest.mark.parametrize("strategy,granularity,shape",
-                         list(itertools.product(STRATEGY_CONNECTION, ["batch", "example"],
-                                                [(16, 24, 40), (64, 300, 200), (3, 7, 5)])))
-def test_compact_path_equals_dense_fallback_equals_reference(strategy, granularity, shape):
-    """Both kernels compute the same masked result, and it is the float64 formula's."""
-    B, n_in, n_out = shape
-    grads = {}
-    for path in ("compact", "dense"):
-        opts = SparseOptions(sparsity=0.8, conn_sparsity=0.5 if strategy != "neuron" else 0.0, granularity=granularity,
-                             connection=STRATEGY_CONNECTION[strategy], path=path)
-        a, w, b, g, state = run_function(B, n_in, n_out, opts, seed=11)
-        assert state.path == ("compact" if path == "compact" else "dense-fallback")
-        grads[path] = (a.grad, w.grad, b.grad)
-    for x, y in zip(grads["compact"], grads["dense"]):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
-    for x, y in zip(grads["compact"], reference_backward(g, a.detach(), w.detach(), opts)):
-        torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5)
-
-
-def test_fallback_rule():
-    assert use_compact(128, 2048, 2048, 205)  # the reference network at 90 % sparsity
-    assert use_compact(128, 2048, 2048, 1024, 1024)  # refined 0.5 / 0.5: a quarter of the work
-    assert not use_compact(128, 2048, 2048, 1843)  # keep 90 %: the gathers cost more than they save
-    assert not use_compact(16, 16, 16, 2)  # tiny: overhead-bound
-    assert not use_compact(64, 64, 256, 26)  # a classroom layer: still overhead-bound
-
-
-def test_auto_path_is_recorded():
-    layer = AsymmetricLinear(2048, 2048, sparsity=0.9)
-    layer(torch.randn(8, 2048)).sum().backward()
-    assert layer.state.path == "compact"
-    small = AsymmetricLinear(8, 8, sparsity=0.5)
-    small(torch.randn(4, 8)).sum().backward()
-    assert small.state.path == "dense-fallback"
-
-
-@pytest.mark.parametrize("strategy", list(STRATEGY_CONNECTION))
-@pytest.mark.parametrize("path", ["compact", "dense"])
-def test_persistent_grad_buffer_gives_each_steps_gradient(strategy, path):
-    """reset_weight_grad keeps the storage and the next backward re-zeroes only stale rows; every step's .grad is exact."""
-    opts = SparseOptions(sparsity=0.75, conn_sparsity=0.5 if strategy != "neuron" else 0.0,
-                         connection=STRATEGY_CONNECTION[strategy], path=path)
-    torch.manual_seed(4)
-    w = torch.randn(12, 9, requires_grad=True)
-    state = LayerState()
-    storage = None  # the address only: holding the tensor itself would make autograd copy it
-    for step in range(4):
-        reset_weight_grad(w, state)
-        assert w.grad is None  # set_to_none, as PyTorch's optimizers do
-        assert (state._stash is not None) == (path == "compact" and step > 0)  # storage kept for reuse
-        a, g = torch.randn(6, 9), torch.randn(6, 12)
-        asymmetric_linear(a, w, None, opts, state).backward(g)
-        assert w.grad.layout == torch.strided
-        if path == "compact":  # the same storage every step, taken over by autograd without a copy
-            storage = w.grad.data_ptr() if storage is None else storage
-            assert w.grad.data_ptr() == storage
-        _, dW, _ = reference_backward(g, a, w.detach(), opts)
-        torch.testing.assert_close(w.grad.double(), dW, rtol=1e-5, atol=1e-5)
-    assert state.owns(w.grad) == (path == "compact")  # the fast bookkeeping held: only rows were re-zeroed
-
-
-@pytest.mark.parametrize("strategy", list(STRATEGY_CONNECTION))
-def test_reset_without_set_to_none_zeroes_in_place_and_accumulation_stays_exact(strategy):
-    """zero_grad(set_to_none=False): the same tensor, zeroed; the next backward adds k rows into it."""
-    opts = SparseOptions(sparsity=0.75, conn_sparsity=0.5 if strategy != "neuron" else 0.0,
-                         connection=STRATEGY_CONNECTION[strategy], path="compact")
-    torch.manual_seed(5)
-    w = torch.randn(12, 9, requires_grad=True)
-    state = LayerState()
-    asymmetric_linear(torch.randn(6, 9), w, None, opts, state).backward(torch.randn(6, 12))
-    first = w.grad
-    for step in range(3):
-        reset_weight_grad(w, state, set_to_none=False)
-        assert w.grad is first and torch.count_nonzero(w.grad) == 0
-        expected = 0
-        for _ in range(2):  # two backwards accumulate
-            a, g = torch.randn(6, 9), torch.randn(6, 12)
-            asymmetric_linear(a, w, None, opts, state).backward(g)
-            expected = expected + reference_backward(g, a, w.detach(), opts)[1]
-        assert w.grad is first
-        torch.testing.assert_close(w.grad.double(), expected, rtol=1e-5, atol=1e-5)
-
+# ----------------------------------------------------------------------------- accumulation, autograd.grad
 
 def test_grad_accumulates_across_backwards_without_reset():
     opts = SparseOptions(sparsity=0.5)
@@ -289,24 +209,6 @@ def test_grad_accumulates_across_backwards_without_reset():
     torch.testing.assert_close(w.grad.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_foreign_write_to_grad_triggers_a_full_reset():
-    opts = SparseOptions(sparsity=0.5, path="compact")
-    w = torch.randn(10, 6, requires_grad=True)
-    state = LayerState()
-    for _ in range(2):
-        reset_weight_grad(w, state)
-        asymmetric_linear(torch.randn(4, 6), w, None, opts, state).backward(torch.randn(4, 10))
-    w.grad.add_(1.0)  # e.g. a user's own gradient edit: every entry is now non-zero
-    reset_weight_grad(w, state, set_to_none=False)
-    assert torch.count_nonzero(w.grad) == 0
-    w.grad.add_(1.0)
-    reset_weight_grad(w, state)  # set_to_none: an unknown buffer is not kept for reuse
-    assert w.grad is None and state._stash is None
-    a, g = torch.randn(4, 6), torch.randn(4, 10)
-    asymmetric_linear(a, w, None, opts, state).backward(g)
-    torch.testing.assert_close(w.grad.double(), reference_backward(g, a, w.detach(), opts)[1], rtol=1e-5, atol=1e-5)
-
-
 def test_autograd_grad_returns_a_dense_gradient_and_leaves_grad_alone():
     opts = SparseOptions(sparsity=0.5)
     w = torch.randn(10, 6, requires_grad=True)
@@ -316,16 +218,3 @@ def test_autograd_grad_returns_a_dense_gradient_and_leaves_grad_alone():
     assert dw.layout == torch.strided
     torch.testing.assert_close(dw.double(), reference_backward(g, a, w.detach(), opts)[1], rtol=1e-5, atol=1e-5)
     assert torch.count_nonzero(w.grad) == 0
-
-
-@pytest.mark.parametrize("strategy", list(STRATEGY_CONNECTION))
-def test_example_granularity_sparse_product_matches_reference(strategy):
-    """Few neurons per example and a union covering the layer: da = g~ W runs as a CSR product."""
-    opts = SparseOptions(sparsity=0.95, conn_sparsity=0.5 if strategy != "neuron" else 0.0, granularity="example",
-                         connection=STRATEGY_CONNECTION[strategy])
-    a, w, b, g, state = run_function(64, 300, 400, opts, seed=5)
-    assert len(state.weight_support.rows) > 0.8 * 400
-    assert state.path == ("compact" if strategy == "refined" else "dense-fallback")  # refined: half the columns
-    for x, y in zip((a.grad, w.grad, b.grad), reference_backward(g, a.detach(), w.detach(), opts)):
-        torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5)
-    assert state.last.example_mask.sum(1).tolist() == [keep_count(400, 0.95)] * 64

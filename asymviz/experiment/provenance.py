@@ -21,9 +21,10 @@ from pathlib import Path
 # the experiment's protocol and statistics (not its report formatting).
 NUMERICS = (
     "asymviz/sparse.py", "asymviz/optim.py", "asymviz/train.py", "asymviz/model.py", "asymviz/data.py",
-    "asymviz/strategies.py", "asymviz/kernels.py", "asymviz/_kernels.c",
+    "asymviz/strategies.py", "asymviz/fast/__init__.py", "asymviz/fast/compact.py", "asymviz/fast/gradbuf.py",
+    "asymviz/fast/workspace.py", "asymviz/fast/lazy.py", "asymviz/fast/kernels.py", "asymviz/fast/_kernels.c",
     "asymviz/experiment/spec.py", "asymviz/experiment/schedule.py", "asymviz/experiment/stats.py",
-    "asymviz/experiment/results.py",
+    "asymviz/experiment/results.py", "asymviz/values.py",
 )
 REGENERATE = ".venv/bin/python -m asymviz experiment --preset standard --out results/standard --results RESULTS.md"
 _COMMIT_LINE = re.compile(r"\*\*Commit\*\*\s*\|?\s*`([0-9a-f]{40})`\s*\((clean|dirty)")

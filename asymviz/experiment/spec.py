@@ -23,7 +23,8 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from asymviz.errors import ConfigError
+from asymviz import values
+from asymviz.errors import ConfigError, FieldError
 from asymviz.model import parse_architecture
 from asymviz.optim import OPTIMIZERS, UPDATES
 from asymviz.sparse import check_sparsity
@@ -606,17 +607,13 @@ def _positive(x: float, what: str, hi: float) -> float:
 
 
 def _int(value, what: str, lo: int, hi: int, why: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{what} must be a whole number, got {value!r}.")
+    """A whole number as asymviz.values reads one (so as TrainConfig does), with `why` after a range refusal."""
     try:
-        x = float(value)
-    except ValueError:
-        raise ConfigError(f"{what} must be a whole number, got {value!r}.") from None
-    if not x.is_integer():
-        raise ConfigError(f"{what} must be a whole number, got {value!r}.")
-    if not lo <= x <= hi:
-        raise ConfigError(f"{what} must be between {lo} and {hi}, got {int(x)}" + (f": {why}." if why else "."))
-    return int(x)
+        return values.integer(value, what, lo, hi)
+    except FieldError as err:
+        if why and str(err).startswith(f"{what} must be between"):
+            raise FieldError(f"{str(err)[:-1]}: {why}.", err.field, err.value, err.accepts) from None
+        raise
 
 
 def _bool(value, what: str) -> bool:

@@ -1,9 +1,11 @@
 /* asymviz CPU kernels: one pass over the kept entries where PyTorch's eager ops need many.
  *
- * Built on first use by asymviz/kernels.py (any C99 compiler: cc -O3 -shared -fPIC) and called
- * through ctypes with raw pointers to contiguous float32 tensors; asymviz falls back to PyTorch
- * ops when no compiler is there. The tests check every kernel against those ops and the
- * float64 reference of DESIGN.md.
+ * Built on first use by asymviz/fast/kernels.py (any C99 compiler: cc -O3 -shared -fPIC) and
+ * called through ctypes with raw pointers to contiguous tensors whose shapes and dtypes that
+ * module has checked; asymviz falls back to PyTorch ops when no compiler is there. Every index
+ * list is checked here against the dimension it indexes before anything is read or written:
+ * a function returns OK, or BAD_ROW / BAD_COL / BAD_STEP and touches nothing. The tests check
+ * every kernel against those ops and the float64 reference of DESIGN.md.
  *
  * Work is split by rows over `threads` OpenMP threads (the caller passes torch's thread count);
  * without OpenMP it runs on the calling thread.
@@ -17,6 +19,18 @@
 #endif
 
 typedef void (*row_fn)(const void* args, int64_t r0, int64_t r1);
+
+enum { OK = 0, BAD_ROW = 1, BAD_COL = 2, BAD_STEP = 3 };
+
+/* 1 if an index of idx[0..count) is outside [0, bound) (NULL: none to check) */
+static int out_of_range(const int64_t* idx, int64_t count, int64_t bound) {
+    if (!idx)
+        return 0;
+    for (int64_t i = 0; i < count; i++)
+        if (idx[i] < 0 || idx[i] >= bound)
+            return 1;
+    return 0;
+}
 
 /* fn over rows [0, n), split into `threads` contiguous chunks. Built with -fopenmp, the library
  * links libgomp by its soname, so inside a process where torch already loaded its own copy the
@@ -109,13 +123,22 @@ static void update_rows(const void* a_, int64_t r0, int64_t r1) {
     }
 }
 
-void asymviz_update(int kind, float* p, int64_t n_in, const float* grad, int64_t grad_block, float* m, float* v,
-                    const int64_t* rows, int64_t k, const int64_t* cols, int64_t kc, const uint8_t* mask,
-                    const int64_t* row_t, int32_t* entry_step, const float* scale, const float* shift,
-                    float lr, float momentum, float b1, float b2, float c1, float c2, float wd, int threads) {
+/* n_out: rows of p; n_table: entries of scale and shift (Adam's step counts must index them;
+ * per-entry counts are kept below it by the caller, which validates loaded state). */
+int asymviz_update(int kind, float* p, int64_t n_out, int64_t n_in, const float* grad, int64_t grad_block, float* m,
+                   float* v, const int64_t* rows, int64_t k, const int64_t* cols, int64_t kc, const uint8_t* mask,
+                   const int64_t* row_t, int32_t* entry_step, const float* scale, const float* shift, int64_t n_table,
+                   float lr, float momentum, float b1, float b2, float c1, float c2, float wd, int threads) {
+    if (out_of_range(rows, k, n_out))
+        return BAD_ROW;
+    if (out_of_range(cols, kc, n_in))
+        return BAD_COL;
+    if (out_of_range(row_t, k, n_table))
+        return BAD_STEP;
     update_args a = {kind, p, n_in, grad, grad_block, m, v, rows, k, cols, kc, mask, row_t, entry_step,
                      scale, shift, lr, momentum, b1, b2, c1, c2, wd};
     parallel_rows(update_rows, &a, k, threads);
+    return OK;
 }
 
 /* ------------------------------------------------------------------ backward helpers */
@@ -141,10 +164,11 @@ static void abs_colsum_lines(const void* a_, int64_t l0, int64_t l1) {
 }
 
 /* out[j] = sum_b |x[b, j]| for x (rows, n): the batch-summed magnitude, one read of x. */
-void asymviz_abs_colsum(const float* x, int64_t rows, int64_t n, float* out, int threads) {
+int asymviz_abs_colsum(const float* x, int64_t rows, int64_t n, float* out, int threads) {
     colsum_args a = {x, rows, n, out};
     const int64_t lines = (n + 15) / 16;
     parallel_rows(abs_colsum_lines, &a, lines, lines >= 64 ? threads : 1);
+    return OK;
 }
 
 typedef struct {
@@ -169,18 +193,28 @@ static void block_rows(const void* a_, int64_t r0, int64_t r1) {
     }
 }
 
-/* block (k, kc) = full[rows][:, cols], one pass (the W block of `refined`'s da). */
-void asymviz_gather_block(const float* full, int64_t n_in, const int64_t* rows, int64_t k, const int64_t* cols,
-                          int64_t kc, float* block, int threads) {
+/* block (k, kc) = full[rows][:, cols] for full (n_out, n_in), one pass (the W block of `refined`'s da). */
+int asymviz_gather_block(const float* full, int64_t n_out, int64_t n_in, const int64_t* rows, int64_t k,
+                         const int64_t* cols, int64_t kc, float* block, int threads) {
+    if (out_of_range(rows, k, n_out))
+        return BAD_ROW;
+    if (out_of_range(cols, kc, n_in))
+        return BAD_COL;
     block_args a = {(float*)full, n_in, rows, cols, kc, block, 0};
     parallel_rows(block_rows, &a, k, threads);
+    return OK;
 }
 
 /* full[rows][:, cols] = block (k, kc) (`refined`'s dW into the gradient buffer). */
-void asymviz_scatter_block(float* full, int64_t n_in, const int64_t* rows, int64_t k, const int64_t* cols,
-                           int64_t kc, const float* block, int threads) {
+int asymviz_scatter_block(float* full, int64_t n_out, int64_t n_in, const int64_t* rows, int64_t k,
+                          const int64_t* cols, int64_t kc, const float* block, int threads) {
+    if (out_of_range(rows, k, n_out))
+        return BAD_ROW;
+    if (out_of_range(cols, kc, n_in))
+        return BAD_COL;
     block_args a = {full, n_in, rows, cols, kc, (float*)block, 1};
     parallel_rows(block_rows, &a, k, threads);
+    return OK;
 }
 
 typedef struct {
@@ -219,12 +253,15 @@ static void clear_stale_rows(const void* a_, int64_t r0, int64_t r1) {
  * k = 0: clear the old rows). Sorted
  * row lists skip the rows about to be overwritten; unsorted ones only cost extra zeroing (every
  * clear comes before every copy). */
-void asymviz_replace_rows(float* full, int64_t n_in, const int64_t* rows, int64_t k, const float* block,
-                          const int64_t* old, int64_t k_old, int threads) {
+int asymviz_replace_rows(float* full, int64_t n_out, int64_t n_in, const int64_t* rows, int64_t k,
+                         const float* block, const int64_t* old, int64_t k_old, int threads) {
+    if (out_of_range(rows, k, n_out) || out_of_range(old, k_old, n_out))
+        return BAD_ROW;
     rows_args a = {full, n_in, rows, k, block, old, k_old};
     if (old && k_old > 0)
         parallel_rows(clear_stale_rows, &a, k_old, threads);
     parallel_rows(write_rows, &a, k, threads);
+    return OK;
 }
 
 typedef struct {
@@ -243,9 +280,13 @@ static void gather_rows_fn(const void* a_, int64_t r0, int64_t r1) {
 }
 
 /* dst (k, n) = src[rows] for src (n_rows, n): W's kept rows. */
-void asymviz_gather_rows(const float* src, int64_t n, const int64_t* rows, int64_t k, float* dst, int threads) {
+int asymviz_gather_rows(const float* src, int64_t n_rows, int64_t n, const int64_t* rows, int64_t k, float* dst,
+                        int threads) {
+    if (out_of_range(rows, k, n_rows))
+        return BAD_ROW;
     index_args a = {src, dst, n, rows, k};
     parallel_rows(gather_rows_fn, &a, k, threads);
+    return OK;
 }
 
 static void gather_cols_fn(const void* a_, int64_t r0, int64_t r1) {
@@ -259,10 +300,13 @@ static void gather_cols_fn(const void* a_, int64_t r0, int64_t r1) {
 }
 
 /* dst (B, kc) = src[:, cols] for src (B, n): refined's kept input columns. */
-void asymviz_gather_cols(const float* src, int64_t rows, int64_t n, const int64_t* cols, int64_t kc, float* dst,
-                         int threads) {
+int asymviz_gather_cols(const float* src, int64_t rows, int64_t n, const int64_t* cols, int64_t kc, float* dst,
+                        int threads) {
+    if (out_of_range(cols, kc, n))
+        return BAD_COL;
     index_args a = {src, dst, n, cols, kc};
     parallel_rows(gather_cols_fn, &a, rows, threads);
+    return OK;
 }
 
 static void expand_cols_fn(const void* a_, int64_t r0, int64_t r1) {
@@ -277,8 +321,11 @@ static void expand_cols_fn(const void* a_, int64_t r0, int64_t r1) {
 }
 
 /* dst (B, n) = 0 except dst[:, cols] = src (B, kc): refined's da, zero at the dropped inputs. */
-void asymviz_expand_cols(const float* src, int64_t rows, int64_t n, const int64_t* cols, int64_t kc, float* dst,
-                         int threads) {
+int asymviz_expand_cols(const float* src, int64_t rows, int64_t n, const int64_t* cols, int64_t kc, float* dst,
+                        int threads) {
+    if (out_of_range(cols, kc, n))
+        return BAD_COL;
     index_args a = {src, dst, n, cols, kc};
     parallel_rows(expand_cols_fn, &a, rows, threads);
+    return OK;
 }
