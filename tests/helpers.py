@@ -1,6 +1,7 @@
 """Small helpers the tests (and the measurement scripts in scripts/) share: polling for a
 condition, a free port, a dashboard's health, the process tree under a pid, stopping a session."""
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -91,3 +92,17 @@ class FakePool:
 
     def worker_pids(self):
         return self.pids
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Training in a test's own process with one torch thread (two spinning threads on a busy
+    2-core machine are many times slower); the old count comes back after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

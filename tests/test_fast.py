@@ -16,7 +16,7 @@ from asymviz.fast import compact, gradbuf, kernels
 from asymviz.model import MLP
 from asymviz.optim import AsymmetricOptimizer
 from asymviz.sparse import AsymmetricLinear, LayerState, SparseOptions, asymmetric_linear, keep_count
-from test_sparse import STRATEGY_CONNECTION, reference_backward
+from test_sparse import STRATEGY_CONNECTION, reference_backward, run_function
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,18 +103,6 @@ def test_fast_equals_plain_equals_float64_reference(kernels_on, strategy, granul
 
 
 # ----------------------------------------------------------------------------- compaction
-
-def run_function(B, n_in, n_out, opts, seed):
-    torch.manual_seed(seed)
-    a = torch.randn(B, n_in, requires_grad=True)
-    w = torch.randn(n_out, n_in, requires_grad=True)
-    b = torch.randn(n_out, requires_grad=True)
-    g = torch.randn(B, n_out)
-    state = LayerState()
-    state.record = True
-    asymmetric_linear(a, w, b, opts, state).backward(g)
-    return a, w, b, g, state
-
 
 @pytest.mark.parametrize("strategy,granularity,shape",
                          list(itertools.product(STRATEGY_CONNECTION, ["batch", "example"],

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import asymviz.jobs as jobs
 from asymviz import executors, lab, policy
@@ -23,7 +22,7 @@ from asymviz.policy import LimitExceeded, Limits
 from asymviz.recording import GRID_KIND
 from asymviz.store import RunStateError, Store
 from asymviz.train import Callback, TrainConfig
-from helpers import until
+from helpers import one_torch_thread, until
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -42,12 +41,8 @@ def clean_env(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Training in this process: one torch thread (two spinning threads on a busy 2-core
-    machine are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture

@@ -58,16 +58,34 @@ def test_dense_update_moves_dropped_rows(name):
     assert not torch.equal(w2[dropped], w1[dropped])
 
 
+def textbook_step(name, w, g, touched, state, lr, mu=0.9, b1=0.9, b2=0.999, eps=1e-8):
+    """One float64 step of the textbook update on the touched entries only; the others keep their
+    value and their state (m, v, buf, t in `state`, zeros at first)."""
+    m, v, buf, t = (state.setdefault(k, torch.zeros_like(w)) for k in ("m", "v", "buf", "t"))
+    if name == "sgd":
+        new = w - lr * g
+    elif name == "momentum":
+        state["buf"] = buf = torch.where(touched, mu * buf + g, buf)
+        new = w - lr * buf
+    else:
+        state["t"] = t = torch.where(touched, t + 1, t)
+        state["m"] = m = torch.where(touched, b1 * m + (1 - b1) * g, m)
+        state["v"] = v = torch.where(touched, b2 * v + (1 - b2) * g * g, v)
+        tt = t.clamp(min=1)
+        new = w - lr * (m / (1 - b1**tt)) / ((v / (1 - b2**tt)).sqrt() + eps)
+    return torch.where(touched, new, w)
+
+
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
 def test_lazy_update_matches_float64_reference(name):
     """Per entry that received gradient: the textbook update with that entry's own state."""
     torch.manual_seed(1)
     model = MLP(5, [12], 3, strategy="excessive", sparsity=0.5, conn_sparsity=0.5)
     layer = model.linears[0]
-    lr, mu, (b1, b2), eps = 0.05, 0.9, (0.9, 0.999), 1e-8
+    lr, mu = 0.05, 0.9
     opt = AsymmetricOptimizer(model, name, lr=lr, momentum=mu)
     w = layer.weight.detach().double().clone()
-    m, v, buf, t = (torch.zeros_like(w) for _ in range(4))
+    state = {}
     for _ in range(4):
         x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
         opt.zero_grad()
@@ -77,18 +95,7 @@ def test_lazy_update_matches_float64_reference(name):
         touched = torch.zeros_like(w, dtype=torch.bool)
         touched[sup.rows] = sup.mask
         opt.step()
-        if name == "sgd":
-            new = w - lr * g
-        elif name == "momentum":
-            buf = torch.where(touched, mu * buf + g, buf)
-            new = w - lr * buf
-        else:
-            t = torch.where(touched, t + 1, t)
-            m = torch.where(touched, b1 * m + (1 - b1) * g, m)
-            v = torch.where(touched, b2 * v + (1 - b2) * g * g, v)
-            tt = t.clamp(min=1)
-            new = w - lr * (m / (1 - b1**tt)) / ((v / (1 - b2**tt)).sqrt() + eps)
-        w = torch.where(touched, new, w)
+        w = textbook_step(name, w, g, touched, state, lr, mu)
         torch.testing.assert_close(layer.weight.detach().double(), w, rtol=1e-5, atol=1e-6)
 
 
@@ -271,11 +278,10 @@ def test_an_lr_scheduler_drives_the_lazy_and_the_dense_update(name):
     torch.manual_seed(1)
     model = MLP(5, [12], 3, strategy="neuron", sparsity=0.5)
     hidden, out = model.linears
-    lr0, (b1, b2), eps = 0.1, (0.9, 0.999), 1e-8
-    opt = AsymmetricOptimizer(model, name, lr=lr0)
+    opt = AsymmetricOptimizer(model, name, lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     w = hidden.weight.detach().double().clone()
-    m, v, t = (torch.zeros_like(w) for _ in range(3))
+    state = {}
     lrs = []
     for _ in range(6):
         lr = opt.param_groups[0]["lr"]
@@ -290,15 +296,8 @@ def test_an_lr_scheduler_drives_the_lazy_and_the_dense_update(name):
         opt.step()
         sched.step()
         if name == "sgd":
-            new = w - lr * g
             torch.testing.assert_close(out.weight.detach(), out_before - lr * out_grad)
-        else:
-            t = torch.where(touched, t + 1, t)
-            m = torch.where(touched, b1 * m + (1 - b1) * g, m)
-            v = torch.where(touched, b2 * v + (1 - b2) * g * g, v)
-            tt = t.clamp(min=1)
-            new = w - lr * (m / (1 - b1**tt)) / ((v / (1 - b2**tt)).sqrt() + eps)
-        w = torch.where(touched, new, w)
+        w = textbook_step(name, w, g, touched, state, lr)
         torch.testing.assert_close(hidden.weight.detach().double(), w, rtol=1e-5, atol=1e-6)
     assert lrs == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
 

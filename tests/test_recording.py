@@ -15,6 +15,7 @@ from asymviz.recording import GRID_KIND, StoreCallback
 from asymviz.sparse import MaskRecord
 from asymviz.store import Store, unpack_mask
 from asymviz.train import Callback, TrainConfig, fit, predict_grid
+from helpers import one_torch_thread
 
 HOST = socket.gethostname()
 INTERRUPTED = "The run was interrupted: its worker pool shut down before it finished."
@@ -25,10 +26,8 @@ def one_thread(monkeypatch):
     """One torch thread (two spinning threads on a busy 2-core machine are many times slower),
     and the default stop check."""
     monkeypatch.delenv("ASYMVIZ_STOP_CHECK_S", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
