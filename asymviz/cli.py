@@ -737,7 +737,9 @@ def _experiment_runner(args: argparse.Namespace):
     from asymviz.jobs import Runner
     from asymviz.policy import Limits
 
-    external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
+    from asymviz.lab import external_workers
+
+    external = external_workers()
     limits = Limits.from_env()
     limits.max_runs_per_owner = 0  # a private pool: no per-person limit on experiments
     runner = Runner(args.store, workers=0 if external or args.report_only else args.workers, limits=limits,

@@ -27,7 +27,6 @@ import dataclasses
 import inspect
 import io
 import math
-import os
 import re
 import tokenize
 from dataclasses import dataclass
@@ -38,23 +37,16 @@ from asymviz.model import ACTIVATIONS, MAX_HIDDEN_LAYERS, MAX_WIDTH, parse_archi
 from asymviz.optim import OPTIMIZERS, UPDATES
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
 from asymviz.train import DEVICES, TrainConfig
-from asymviz.values import _interval, boolean, dataset_options, integer, number, sparsity  # noqa: F401 (re-exported)
+from asymviz.values import (_interval, boolean, choice, dataset_options, env_choice, env_flag, env_int,  # noqa: F401
+                            env_number, integer, number, sparsity)  # (re-exported: the whole vocabulary is here)
 
 AUTO = ("", "auto", "none")  # a dropout given as text: the strategy's default
 
 
 # ------------------------------------------------------------------------------ one value
 #
-# number, integer, sparsity, boolean and dataset_options live in asymviz.values (below the
-# numerics, which read values with them too); the readers here build on them.
-
-
-def choice(value: Any, name: str, valid: tuple[str, ...], kind: str | None = None) -> str:
-    """One of `valid`, exactly (no case folding); `kind` words the field in the sentence."""
-    if not isinstance(value, str) or value not in valid:
-        raise FieldError(f"Unknown {kind or name} {value!r}; choose one of: {', '.join(valid)}.", name, value,
-                         "one of " + ", ".join(valid))
-    return value
+# number, integer, sparsity, choice, boolean and dataset_options live in asymviz.values (below
+# the numerics, which read values with them too); the readers here build on them.
 
 
 WIDTHS_ACCEPTS = (f"widths like 256,256 (at most {MAX_HIDDEN_LAYERS} hidden layers of 1 to {MAX_WIDTH} neurons), "
@@ -188,35 +180,6 @@ def sparsity_problem(value: Any, what: str = "Sparsity", unit: str = "neuron") -
         return (f"{what} {s:.2f} would leave no {unit} in the backward pass; choose a value below 1 "
                 f"(0.99 keeps 1 % of each layer's {unit}s, at least one).")
     return f"{what} must be a number from 0 to 0.99, got {value!r}."
-
-
-# ------------------------------------------------------------------------------ environment
-
-
-def env_int(variable: str, default: int, lo: int = 0, hi: int | None = None) -> int:
-    """$variable as a whole number from lo (to hi); unset or blank: default."""
-    text = os.environ.get(variable, "").strip()
-    return default if not text else integer(text, variable, lo, hi)
-
-
-def env_number(variable: str, default: float, lo: float = 0.0, hi: float = math.inf) -> float:
-    """$variable as a finite number from lo (to hi); unset or blank: default."""
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    return number(text, variable, lo, hi, right_open=math.isinf(hi))
-
-
-def env_choice(variable: str, default: str, valid: tuple[str, ...]) -> str:
-    """$variable as one of `valid` (case folded); unset or blank: default."""
-    text = os.environ.get(variable, "").strip().lower()
-    return default if not text else choice(text, variable, valid, kind=f"value of {variable}")
-
-
-def env_flag(variable: str, default: bool = False) -> bool:
-    """$variable as yes or no; unset or blank: default."""
-    text = os.environ.get(variable, "").strip()
-    return default if not text else boolean(text, variable)
 
 
 # ------------------------------------------------------------------------------ TrainConfig

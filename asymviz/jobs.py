@@ -63,7 +63,7 @@ from asymviz import store as store_module
 from asymviz.errors import ConfigError, error_sentence
 from asymviz.executors import INTERRUPTED_BY_SHUTDOWN, POLL_S, RECONCILE_S, SUPERVISE_S, execute
 from asymviz.config import env_int, env_number
-from asymviz.lab import HOST, MAX_BACKOFF_S, Trouble, cpu_count, log_fatal_signals, pid_alive
+from asymviz.lab import HOST, MAX_BACKOFF_S, Trouble, cpu_count, external_workers, log_fatal_signals, pid_alive
 from asymviz.owners import ADMIN, Administrator, NotOwner
 from asymviz.policy import LimitExceeded, Limits  # (LimitExceeded: what `submit` raises, importable here)
 from asymviz.recording import finish_run
@@ -232,7 +232,7 @@ class Runner:
                 return
             self.store.reconcile(stale_after=self.stale_after)
             self._started = True
-            external = os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() in ("1", "true", "yes")
+            external = external_workers()
             if (external and not force) or self.workers == 0:
                 return
             if self.store.path == ":memory:":

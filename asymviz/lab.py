@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from asymviz.errors import error_sentence
+from asymviz.values import env_flag
 
 HOST = socket.gethostname()
 POOL_FILE = "workers.json"  # in $ASYMVIZ_HOME, next to asymviz.db
@@ -108,6 +109,12 @@ def read_pool_status(path: Path | None = None) -> dict | None:
     return status
 
 
+def external_workers() -> bool:
+    """$ASYMVIZ_EXTERNAL_WORKERS (yes or no): a `python -m asymviz worker` pool trains, so a Runner
+    in this process starts none of its own."""
+    return env_flag("ASYMVIZ_EXTERNAL_WORKERS")
+
+
 def pool_problem(runner, path: Path | None = None) -> tuple[bool, str] | None:
     """What is wrong with the workers that train this server's runs: (fatal, sentence), or None
     when nothing is (or nothing is known: without a pool of its own and without a `serve` pool
@@ -124,7 +131,7 @@ def pool_problem(runner, path: Path | None = None) -> tuple[bool, str] | None:
         if runner.workers_alive() == 0:
             return False, "No training worker is alive right now; new ones are starting, so queued runs wait."
         return None
-    if os.environ.get("ASYMVIZ_EXTERNAL_WORKERS", "").lower() not in ("1", "true", "yes"):
+    if not external_workers():
         return None
     try:
         status = json.loads((path or home() / POOL_FILE).read_text(encoding="utf-8"))

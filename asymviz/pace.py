@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,6 +35,7 @@ from asymviz.owners import NotOwner
 from asymviz.snapshot import Recorder, is_small
 from asymviz.store import RunNotFound, Store
 from asymviz.train import Callback, FitContext
+from asymviz.values import env_number
 
 SPEEDS = (1.0, 5.0, 20.0, 0.0)  # the dashboard's choices, steps per second (0: full speed)
 TOY_SPEED = 20.0  # the default for the 2-D toy datasets and the "Try it" run
@@ -78,16 +78,7 @@ def check_speed(value) -> float:
 
 def yield_seconds() -> float:
     """ASYMVIZ_PAUSE_YIELD_S: how long a paused run keeps its worker (default 60 s)."""
-    text = os.environ.get(YIELD_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_YIELD_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < math.inf:
-        raise ConfigError(f"{YIELD_VARIABLE} must be a number of seconds of 0 or more, got {text!r}.")
-    return value
+    return env_number(YIELD_VARIABLE, DEFAULT_YIELD_S, 0.0)
 
 
 # ------------------------------------------------------------------------------ the dashboard's side

@@ -315,3 +315,17 @@ def test_the_image_recipe_installs_serves_trains_and_stops_cleanly():
         if tree is not None:
             tree.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("text,external", [("1", True), ("YES", True), (" on ", True), ("0", False), ("no", False),
+                                           ("", False)])
+def test_external_workers_reads_yes_or_no(monkeypatch, text, external):
+    monkeypatch.setenv("ASYMVIZ_EXTERNAL_WORKERS", text)
+    assert lab.external_workers() is external
+
+
+def test_external_workers_refuses_what_is_no_yes_or_no(monkeypatch):
+    """A typo in the lab's settings is one sentence, not silently 'no' (which would start a second pool)."""
+    monkeypatch.setenv("ASYMVIZ_EXTERNAL_WORKERS", "maybe")
+    with pytest.raises(ConfigError, match="^ASYMVIZ_EXTERNAL_WORKERS must be yes or no, got 'maybe'.$"):
+        lab.external_workers()

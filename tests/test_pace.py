@@ -237,8 +237,12 @@ class YieldAt(Callback):
 
 def test_yield_limit_variable_is_checked(monkeypatch):
     monkeypatch.setenv(pace.YIELD_VARIABLE, "soon")
-    with pytest.raises(ConfigError, match="ASYMVIZ_PAUSE_YIELD_S must be a number of seconds"):
+    with pytest.raises(ConfigError, match="^ASYMVIZ_PAUSE_YIELD_S must be a number, got 'soon'.$"):
         pace.yield_seconds()
+    for text in ("-1", "inf", "nan"):
+        monkeypatch.setenv(pace.YIELD_VARIABLE, text)
+        with pytest.raises(ConfigError, match="^ASYMVIZ_PAUSE_YIELD_S must be a number of 0 or more, got"):
+            pace.yield_seconds()
     monkeypatch.setenv(pace.YIELD_VARIABLE, "2.5")
     assert pace.yield_seconds() == 2.5
 
@@ -297,4 +301,4 @@ def test_a_bad_yield_limit_fails_the_run_with_its_sentence_and_the_worker_goes_o
     store = runner.store
     (run_id,) = pace.submit(runner, [CONFIG], owner="ana")
     assert execute(store, store.claim_next(os.getpid(), HOST)) == "failed"
-    assert store.get_run(run_id)["error"].startswith("ASYMVIZ_PAUSE_YIELD_S must be a number of seconds")
+    assert store.get_run(run_id)["error"].startswith("ASYMVIZ_PAUSE_YIELD_S must be a number, got 'soon'.")
