@@ -206,8 +206,29 @@ def submit(config: dict, owner: str) -> int:
 
 
 def refresh_seconds() -> float:
-    """How often live views refresh: the interval the instructor set for the lab
-    (Instructor page), else $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
+    """How often live views refresh now: the chosen interval (chosen_refresh), stretched while
+    the server is busy (asymviz.live.RefreshGovernor: x2, x3, x5, x10)."""
+    return chosen_refresh() * refresh_governor().factor()
+
+
+@st.cache_resource
+def _refresh_governor():
+    from asymviz.live import RefreshGovernor, server_cpu_budget
+    return RefreshGovernor(server_cpu_budget())
+
+
+def refresh_governor():
+    """The server process's one RefreshGovernor ($ASYMVIZ_SERVER_CPU refused: its sentence)."""
+    try:
+        return _refresh_governor()
+    except AsymvizError as err:
+        error(err)
+        st.stop()
+
+
+def chosen_refresh() -> float:
+    """How often live views refresh while the server is not busy: the interval the instructor
+    set for the lab (Instructor page), else $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""
     chosen = _lab_refresh()
     if chosen is not None:
         return chosen

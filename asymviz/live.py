@@ -511,3 +511,74 @@ def write_refresh(home: str | Path, seconds: float) -> None:
     tmp = path.with_suffix(".part")
     tmp.write_text(json.dumps({"refresh_s": float(seconds)}))
     tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- the server's load
+
+LOAD_FACTORS = (1, 2, 3, 5, 10)  # how far the refresh interval stretches while the server is busy
+SERVER_CPU_VARIABLE = "ASYMVIZ_SERVER_CPU"
+
+
+def server_cpu_budget() -> float:
+    """How many cores the dashboard's process may use, with every live view refreshing, before
+    the views refresh less often: $ASYMVIZ_SERVER_CPU, else the cores the training workers leave
+    free (at least 0.3 of one). 0: never stretch the interval."""
+    from asymviz.lab import cpu_count
+    from asymviz.values import env_int, env_number
+
+    cores = cpu_count()
+    spare = cores - env_int("ASYMVIZ_WORKERS", cores)
+    return env_number(SERVER_CPU_VARIABLE, max(0.3, float(spare)), 0.0)
+
+
+class RefreshGovernor:
+    """The factor by which every live view's refresh interval is stretched while the dashboard's
+    process uses more CPU than its budget: a class of 60 students on one run at 1 s costs more
+    than the cores the training workers leave, and then the server starves the workers and its
+    own page loads. Watching at 2 or 3 s costs a third as much and still shows the curves move.
+
+    `factor()` (cheap: a clock read) measures the process's CPU time over windows of `window`
+    seconds (all its threads: the refreshes, page loads, the WebSocket traffic). Above `budget`
+    cores it steps to the next of LOAD_FACTORS; when the load at the next lower factor (the
+    present load scaled by the ratio of the intervals) would stay under 70 % of the budget, it
+    steps back. A step holds at least `hold` seconds, and the window after a step is not judged
+    (every view then restarts once with its new timer). Thread-safe; one per server process.
+    """
+
+    def __init__(self, budget: float, window: float = 5.0, hold: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.process_time):
+        self.budget, self.window, self.hold = budget, window, hold
+        self._clock, self._cpu = clock, cpu
+        self._lock = threading.Lock()
+        self._level = 0
+        self._since = self._start = clock()
+        self._cpu0 = cpu()
+        self._skip = False
+        self.busy: float | None = None  # cores used in the last window
+
+    def factor(self) -> int:
+        now = self._clock()
+        if now - self._start < self.window or self.budget <= 0:
+            return LOAD_FACTORS[self._level]
+        with self._lock:
+            if now - self._start >= self.window:
+                cpu = self._cpu()
+                busy = (cpu - self._cpu0) / (now - self._start)
+                self._start, self._cpu0 = now, cpu
+                if self._skip:
+                    self._skip = False
+                else:
+                    self.busy = busy
+                    self._judge(busy, now)
+            return LOAD_FACTORS[self._level]
+
+    def _judge(self, busy: float, now: float) -> None:
+        if now - self._since < self.hold:
+            return
+        level = self._level
+        if busy > self.budget and level < len(LOAD_FACTORS) - 1:
+            level += 1
+        elif level > 0 and busy * LOAD_FACTORS[level] / LOAD_FACTORS[level - 1] < 0.7 * self.budget:
+            level -= 1
+        if level != self._level:
+            self._level, self._since, self._skip = level, now, True

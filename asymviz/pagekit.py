@@ -195,6 +195,16 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+def load_line(chosen: float, every: float, busy: float | None) -> str:
+    """The Instructor page's line on the live refresh now: the chosen interval, the one in use,
+    and the cores the dashboard used over its last measured window."""
+    if every > chosen:
+        return (f"Now: the dashboard is busy ({busy or 0:.2f} cores), so live views refresh every {every:g} s "
+                f"instead of {chosen:g} s.")
+    used = "not measured yet" if busy is None else f"{busy:.2f} cores"
+    return f"Now: live views refresh every {every:g} s (the dashboard's load: {used})."
+
+
 def status_line(run: Mapping[str, Any], now: float) -> str:
     """One line about where a run stands."""
     status = run.get("status", "?")

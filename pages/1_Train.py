@@ -469,6 +469,8 @@ def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
     c = run["config"]
     preset = STRATEGIES.get(c["strategy"])
     st.progress(pagekit.progress_of(run), text=pagekit.status_line(run, time.time()))
+    if shown is not None and lab is not None and lab > ui_common.chosen_refresh():
+        st.caption(f"The server is busy, so this view refreshes every {lab:g} s for now.")
     if run["status"] == "failed":
         st.error(run.get("error") or "The run failed.")
     last_step, last_epoch = view.last_step, view.last_epoch

@@ -150,12 +150,16 @@ st.subheader("Live refresh")
 r1, r2 = st.columns([3, 1], vertical_alignment="bottom")
 lo, hi = live.REFRESH_RANGE
 every = r1.number_input("Students' live views refresh every (seconds)", lo, hi, step=0.5, key="instructor_refresh",
-                        value=min(max(float(ui_common.refresh_seconds()), lo), hi))
+                        value=min(max(float(ui_common.chosen_refresh()), lo), hi))
 if r2.button("Apply to everyone", key="instructor_refresh_apply", use_container_width=True):
     ui_common.set_lab_refresh(float(every))
     st.success(f"Live views now refresh every {every:g} s; open pages follow within a few seconds.")
+governor = ui_common.refresh_governor()
 st.caption("Every browser watching a run costs the server a little CPU at each refresh (README, \"How big a "
-           "machine\"): for a large class, refreshing less often leaves more of it to training.")
+           "machine\"): for a large class, refreshing less often leaves more of it to training. "
+           f"When the dashboard uses more than {governor.budget:g} cores (`ASYMVIZ_SERVER_CPU`), live views "
+           "refresh 2, 3, 5 or 10 times less often until the load falls.")
+st.caption(pagekit.load_line(ui_common.chosen_refresh(), ui_common.refresh_seconds(), governor.busy))
 
 # ------------------------------------------------------------------------------------ all runs
 

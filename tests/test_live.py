@@ -3,6 +3,7 @@ and each figure is built once per new data and handed out as the validated figur
 
 import json
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -10,6 +11,7 @@ import plotly.io as pio
 import pytest
 
 from asymviz import figures, live
+from asymviz.errors import ConfigError
 from asymviz.recording import GRID_KIND
 from asymviz.store import Store, pack_mask
 
@@ -235,3 +237,105 @@ def test_lab_refresh_round_trips_and_refuses_out_of_range(tmp_path):
 def test_a_tampered_refresh_file_is_ignored_or_clamped(tmp_path, content, expected):
     (tmp_path / live.REFRESH_FILE).write_text(content)
     assert live.read_refresh(tmp_path) == expected
+
+
+# ----------------------------------------------------------------------------- the server's load
+
+
+class FakeProcess:
+    """A clock and a process CPU counter the test moves by hand: `run(seconds, cores)`."""
+
+    def __init__(self):
+        self.now, self.used = 100.0, 0.0
+
+    def run(self, seconds, cores):
+        self.now += seconds
+        self.used += seconds * cores
+
+
+def governor(budget=0.5, **kw):
+    p = FakeProcess()
+    return p, live.RefreshGovernor(budget, window=5.0, hold=15.0, clock=lambda: p.now, cpu=lambda: p.used, **kw)
+
+
+def load(p, g, cores, seconds, every=1.0):
+    """`seconds` of a load of `cores` at factor 1, asking for the factor every `every` seconds;
+    the load at another factor is the same work spread over the longer interval."""
+    factors = []
+    for _ in range(int(seconds / every)):
+        f = g.factor()
+        factors.append(f)
+        p.run(every, cores / f)
+    return factors
+
+
+def test_an_idle_server_keeps_the_chosen_interval():
+    p, g = governor()
+    assert set(load(p, g, 0.1, 120)) == {1}
+    assert g.busy == pytest.approx(0.1)
+
+
+def test_a_busy_server_stretches_the_interval_until_it_fits_its_budget_and_holds_each_step():
+    """1.2 cores of refreshes at 1 s against a budget of 0.5: x2 (0.6, still over), then x3 (0.4),
+    and there it stays; each step held at least 15 s."""
+    p, g = governor()
+    factors = load(p, g, 1.2, 200)
+    assert factors[:5] == [1] * 5 and factors[-1] == 3 and max(factors) == 3
+    steps = [i for i in range(1, len(factors)) if factors[i] != factors[i - 1]]
+    assert [factors[i] for i in steps] == [2, 3]
+    assert all(b - a >= 15 for a, b in zip(steps, steps[1:]))
+    assert g.busy == pytest.approx(0.4)
+
+
+def test_the_interval_comes_back_once_the_class_leaves():
+    p, g = governor()
+    load(p, g, 1.2, 200)
+    assert g.factor() == 3
+    factors = load(p, g, 0.05, 200)
+    assert factors[-1] == 1 and sorted(set(factors), reverse=True) == [3, 2, 1]
+
+
+def test_a_load_just_under_the_budget_does_not_flap():
+    """At x2 the load is 0.45 (budget 0.5); x1 would be 0.9, over 70 % of the budget: it stays."""
+    p, g = governor()
+    factors = load(p, g, 0.9, 300)
+    assert factors[-150:] == [2] * 150
+
+
+def test_the_interval_stretches_at_most_ten_fold():
+    p, g = governor()
+    assert load(p, g, 50.0, 400)[-1] == live.LOAD_FACTORS[-1] == 10
+
+
+def test_a_budget_of_zero_never_stretches():
+    p, g = governor(budget=0.0)
+    assert set(load(p, g, 5.0, 100)) == {1}
+
+
+def test_the_budget_is_the_cores_the_workers_leave(monkeypatch):
+    from asymviz import lab
+
+    monkeypatch.setattr(lab, "cpu_count", lambda: 8)
+    monkeypatch.delenv(live.SERVER_CPU_VARIABLE, raising=False)
+    monkeypatch.setenv("ASYMVIZ_WORKERS", "6")
+    assert live.server_cpu_budget() == 2.0
+    monkeypatch.setenv("ASYMVIZ_WORKERS", "8")
+    assert live.server_cpu_budget() == 0.3  # none left: a small share anyway
+    monkeypatch.setenv(live.SERVER_CPU_VARIABLE, "1.5")
+    assert live.server_cpu_budget() == 1.5
+
+
+@pytest.mark.parametrize("text", ["lots", "-1", "nan", "inf"])
+def test_a_bad_budget_is_one_sentence(monkeypatch, text):
+    monkeypatch.setenv(live.SERVER_CPU_VARIABLE, text)
+    with pytest.raises(ConfigError, match=r"^ASYMVIZ_SERVER_CPU must be a number"):
+        live.server_cpu_budget()
+
+
+def test_the_governor_measures_this_process_by_default():
+    """With the real clocks: a busy loop reads as a share of a core (at most one, this thread), not 0."""
+    g = live.RefreshGovernor(100.0, window=0.3, hold=0.0)
+    end = time.monotonic() + 0.45
+    while time.monotonic() < end:
+        g.factor()
+    assert g.busy is not None and 0.05 < g.busy <= 1.5

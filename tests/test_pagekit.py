@@ -74,3 +74,10 @@ def test_dataset_shape():
     assert pagekit.dataset_shape("mnist") == (784, 10, False)  # not downloaded just to count
     with pytest.raises(DataError):
         pagekit.dataset_shape("nope")
+
+
+def test_the_load_line_says_when_the_server_stretched_the_refresh():
+    assert pagekit.load_line(1.0, 1.0, None) == "Now: live views refresh every 1 s (the dashboard's load: not measured yet)."
+    assert pagekit.load_line(1.0, 1.0, 0.123) == "Now: live views refresh every 1 s (the dashboard's load: 0.12 cores)."
+    assert pagekit.load_line(0.5, 1.5, 0.9) == ("Now: the dashboard is busy (0.90 cores), so live views refresh "
+                                                "every 1.5 s instead of 0.5 s.")
