@@ -37,16 +37,25 @@ from asymviz.model import ACTIVATIONS, MAX_HIDDEN_LAYERS, MAX_WIDTH, parse_archi
 from asymviz.optim import OPTIMIZERS, UPDATES
 from asymviz.strategies import GRANULARITIES, SELECTIONS, STRATEGIES
 from asymviz.train import DEVICES, TrainConfig
-from asymviz.values import (_interval, boolean, choice, dataset_options, env_choice, env_flag, env_int,  # noqa: F401
-                            env_number, integer, number, sparsity)  # (re-exported: the whole vocabulary is here)
+from asymviz.environ import env_choice, env_flag, env_int, env_number  # noqa: F401 (re-exported)
+from asymviz.values import _interval, boolean, dataset_options, integer, number, sparsity  # noqa: F401 (re-exported)
 
 AUTO = ("", "auto", "none")  # a dropout given as text: the strategy's default
 
 
 # ------------------------------------------------------------------------------ one value
 #
-# number, integer, sparsity, choice, boolean and dataset_options live in asymviz.values (below
-# the numerics, which read values with them too); the readers here build on them.
+# number, integer, sparsity, boolean and dataset_options live in asymviz.values (below the
+# numerics, which read values with them too), the environment readers in asymviz.environ; the
+# readers here build on them.
+
+
+def choice(value: Any, name: str, valid: tuple[str, ...], kind: str | None = None) -> str:
+    """One of `valid`, exactly (no case folding); `kind` words the field in the sentence."""
+    if not isinstance(value, str) or value not in valid:
+        raise FieldError(f"Unknown {kind or name} {value!r}; choose one of: {', '.join(valid)}.", name, value,
+                         "one of " + ", ".join(valid))
+    return value
 
 
 WIDTHS_ACCEPTS = (f"widths like 256,256 (at most {MAX_HIDDEN_LAYERS} hidden layers of 1 to {MAX_WIDTH} neurons), "

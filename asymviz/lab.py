@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from asymviz.errors import error_sentence
-from asymviz.values import env_flag
+from asymviz.environ import env_flag
 
 HOST = socket.gethostname()
 POOL_FILE = "workers.json"  # in $ASYMVIZ_HOME, next to asymviz.db

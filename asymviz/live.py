@@ -524,7 +524,7 @@ def server_cpu_budget() -> float:
     the views refresh less often: $ASYMVIZ_SERVER_CPU, else the cores the training workers leave
     free (at least 0.3 of one). 0: never stretch the interval."""
     from asymviz.lab import cpu_count
-    from asymviz.values import env_int, env_number
+    from asymviz.environ import env_int, env_number
 
     cores = cpu_count()
     spare = cores - env_int("ASYMVIZ_WORKERS", cores)

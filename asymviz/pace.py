@@ -35,7 +35,7 @@ from asymviz.owners import NotOwner
 from asymviz.snapshot import Recorder, is_small
 from asymviz.store import RunNotFound, Store
 from asymviz.train import Callback, FitContext
-from asymviz.values import env_number
+from asymviz.environ import env_number
 
 SPEEDS = (1.0, 5.0, 20.0, 0.0)  # the dashboard's choices, steps per second (0: full speed)
 TOY_SPEED = 20.0  # the default for the 2-D toy datasets and the "Try it" run

@@ -1,6 +1,5 @@
 """The value parsers at the bottom of the library: a number in a range, a whole number, a sparsity,
-a name from a list, yes or no, loader options, and environment variables by the same rules.
-Each refuses with one sentence (`asymviz.errors.FieldError`, a
+yes or no, loader options. Each refuses with one sentence (`asymviz.errors.FieldError`, a
 ConfigError) whose `accepts` says what would be right.
 
 They sit below everything that reads a value, so `TrainConfig.validated`, the layers'
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from typing import Any
 
@@ -113,42 +111,3 @@ def dataset_options(value: Any, name: str = "dataset_options") -> dict:
 
 def _cut(value: Any, n: int = 80) -> Any:
     return value[:n] + "..." if isinstance(value, str) and len(value) > n else value
-
-
-def choice(value: Any, name: str, valid: tuple[str, ...], kind: str | None = None) -> str:
-    """One of `valid`, exactly (no case folding); `kind` words the field in the sentence."""
-    if not isinstance(value, str) or value not in valid:
-        raise FieldError(f"Unknown {kind or name} {value!r}; choose one of: {', '.join(valid)}.", name, value,
-                         "one of " + ", ".join(valid))
-    return value
-
-
-# ------------------------------------------------------------------------------ environment
-#
-# The lab is configured by environment variables; each is read by the same rules as a field.
-
-
-def env_int(variable: str, default: int, lo: int = 0, hi: int | None = None) -> int:
-    """$variable as a whole number from lo (to hi); unset or blank: default."""
-    text = os.environ.get(variable, "").strip()
-    return default if not text else integer(text, variable, lo, hi)
-
-
-def env_number(variable: str, default: float, lo: float = 0.0, hi: float = math.inf) -> float:
-    """$variable as a finite number from lo (to hi); unset or blank: default."""
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    return number(text, variable, lo, hi, right_open=math.isinf(hi))
-
-
-def env_choice(variable: str, default: str, valid: tuple[str, ...]) -> str:
-    """$variable as one of `valid` (case folded); unset or blank: default."""
-    text = os.environ.get(variable, "").strip().lower()
-    return default if not text else choice(text, variable, valid, kind=f"value of {variable}")
-
-
-def env_flag(variable: str, default: bool = False) -> bool:
-    """$variable as yes or no; unset or blank: default."""
-    text = os.environ.get(variable, "").strip()
-    return default if not text else boolean(text, variable)
