@@ -539,21 +539,26 @@ class RefreshGovernor:
 
     `factor()` (cheap: a clock read) measures the process's CPU time over windows of `window`
     seconds (all its threads: the refreshes, page loads, the WebSocket traffic). Above `budget`
-    cores it steps to the next of LOAD_FACTORS; when the load at the next lower factor (the
+    cores it goes straight to the first of LOAD_FACTORS that would bring the load under 90 % of
+    the budget (the load scales with 1 / interval; every step makes each open view restart once,
+    so one step is cheaper than several); when the load at the next lower factor (the
     present load scaled by the ratio of the intervals) would stay under 70 % of the budget, it
-    steps back. A step holds at least `hold` seconds, and the window after a step is not judged
-    (every view then restarts once with its new timer). Thread-safe; one per server process.
+    steps back once that has held for `hold_down` seconds (a class that pauses for a moment and
+    watches again should not make every view restart twice). A step holds at least `hold`
+    seconds, and the window after a step is not judged (every view then
+    restarts once with its new timer). Thread-safe; one per server process.
     """
 
-    def __init__(self, budget: float, window: float = 5.0, hold: float = 15.0,
+    def __init__(self, budget: float, window: float = 5.0, hold: float = 15.0, hold_down: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.process_time):
-        self.budget, self.window, self.hold = budget, window, hold
+        self.budget, self.window, self.hold, self.hold_down = budget, window, hold, hold_down
         self._clock, self._cpu = clock, cpu
         self._lock = threading.Lock()
         self._level = 0
         self._since = self._start = clock()
         self._cpu0 = cpu()
         self._skip = False
+        self._low_since: float | None = None  # since when the load would fit one step lower
         self.busy: float | None = None  # cores used in the last window
 
     def factor(self) -> int:
@@ -573,12 +578,15 @@ class RefreshGovernor:
             return LOAD_FACTORS[self._level]
 
     def _judge(self, busy: float, now: float) -> None:
+        level = self._level
+        low = level > 0 and busy * LOAD_FACTORS[level] / LOAD_FACTORS[level - 1] < 0.7 * self.budget
+        self._low_since = (self._low_since or now - self.window) if low else None
         if now - self._since < self.hold:
             return
-        level = self._level
         if busy > self.budget and level < len(LOAD_FACTORS) - 1:
-            level += 1
-        elif level > 0 and busy * LOAD_FACTORS[level] / LOAD_FACTORS[level - 1] < 0.7 * self.budget:
+            needed = LOAD_FACTORS[level] * busy / (0.9 * self.budget)
+            level = next((i for i, f in enumerate(LOAD_FACTORS) if f >= needed), len(LOAD_FACTORS) - 1)
+        elif low and now - self._low_since >= self.hold_down:
             level -= 1
         if level != self._level:
-            self._level, self._since, self._skip = level, now, True
+            self._level, self._since, self._skip, self._low_since = level, now, True, None

@@ -30,7 +30,7 @@ Scenarios (each prints one row):
 Under `own`, `same` and `lecture`, a probe loads Home or Train in a fresh session every 2 s (page load: the
 page's HTML, then the session's first run to its last delta).
 
-Columns: sessions; the refresh interval the server gave most sessions (the lab's, which the
+Columns: sessions; the refresh interval the server gave most sessions last (the lab's, which the
 instructor sets); refreshes served (fragment reruns that finished) and
 the fewest updates (page runs and refreshes) one session got; refresh latency p50 / p95 / max;
 the longest a watching session went without an update; the Streamlit server's CPU time (from
@@ -229,6 +229,10 @@ class Session:
         self.closed = False
         self.paused = False  # a measuring device: the tab stays open but asks for nothing
         self.interval: float | None = None  # the refresh interval the server set last
+        self.last_kind: str | None = None  # the last message's type (for a session that stops getting any)
+        self.script_running = False  # the server said a run of this session is under way
+        self.pending_rerun = False  # a rerun this session asked for (not a timer's) has not started yet
+        self.intervals: set[float] = set()  # every interval the server set (it stretches them when busy)
         self.charts: set[str] = set()  # the keys of the charts this tab was sent
 
     def _rerun(self, fragment_id: str = "", auto: bool = False):
@@ -252,13 +256,17 @@ class Session:
         return msg.SerializeToString()
 
     async def send_rerun(self, fragment_id: str = "", auto: bool = False) -> None:
+        self.pending_rerun = self.pending_rerun or not auto
         self.waiting.append(time.monotonic())
         await self.ws.send(self._rerun(fragment_id, auto))
 
     async def _timer(self, fragment_id: str, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if not self.paused:
+            # As the browser does (App.handleAutoRerunTick): no timer's rerun while a run is under
+            # way or one it asked for has not started, so a stale fragment rerun cannot displace
+            # the page run that would set the fragment's timer again.
+            if not (self.paused or self.script_running or self.pending_rerun):
                 await self.send_rerun(fragment_id, auto=True)
 
     async def open(self) -> None:
@@ -288,7 +296,9 @@ class Session:
         now = time.monotonic()
         msg = ForwardMsg.FromString(data)
         kind = msg.WhichOneof("type")
+        self.last_kind = f"{kind} at {now - getattr(self, 'started', now):.1f} s"
         if kind == "new_session":  # a run starts: it serves every rerun asked for so far
+            self.pending_rerun, self.script_running = False, True
             self.serving, self.waiting, self.last_delta = self.serving + self.waiting, [], None
             if not msg.metadata.run.fragment_ids:  # a page run: as the browser, drop the fragments'
                 self.max_age = msg.new_session.config.max_cached_message_age or self.max_age
@@ -315,6 +325,7 @@ class Session:
                 old.cancel()
             self.timers[fid] = asyncio.get_running_loop().create_task(self._timer(fid, interval))
             self.interval = interval
+            self.intervals.add(interval)
         elif kind == "stop_auto_rerun":
             for fid in msg.stop_auto_rerun.fragment_ids:
                 task = self.timers.pop(fid, None)
@@ -322,6 +333,8 @@ class Session:
                     task.cancel()
         elif kind == "page_info_changed":
             self.query = msg.page_info_changed.query_string
+        elif kind == "session_status_changed":
+            self.script_running = msg.session_status_changed.script_is_running
         elif kind == "session_event" and msg.session_event.WhichOneof("type") == "script_compilation_exception":
             self.errors.append("script compilation error: " + msg.session_event.script_compilation_exception.message)
         elif kind == "script_finished":
@@ -525,7 +538,14 @@ def summarize(sessions: list[Session], m: dict, idle_rate: float, t0: float) -> 
     intervals = Counter(s.interval for s in sessions if s.interval)
     return {"sessions": len(sessions), "refreshes": refreshes,
             "refresh_s": intervals.most_common(1)[0][0] if intervals else None,
+            "refresh_seen_s": sorted(set().union(*(s.intervals for s in sessions))),
             "fewest_updates": min((len(s.updates) for s in sessions), default=0),
+            "fewest_updates_session": next(({"updates": len(s.updates), "refreshes": s.refreshes,
+                                             "full_runs": s.full_runs, "timers": len(s.timers),
+                                             "interval": s.interval, "waiting": len(s.waiting),
+                                             "serving": len(s.serving), "errors": s.errors[:3],
+                                             "last": s.last_kind}
+                                            for s in sorted(sessions, key=lambda s: len(s.updates))[:1]), None),
             "longest_gap_s": max(gaps, default=None),
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "max_s": lat[-1] if lat else None,
             "cpu_ms_per_session_s": 1000 * cpu / session_s if session_s else None,
@@ -700,7 +720,10 @@ def cells(name: str, r: dict) -> list[str]:
         steps = f"{r['steps_per_s']:.0f}" + (f" ({r['throughput_pct']:.0f} %)" if r.get("throughput_pct") else "")
     load = f"{fmt(r.get('page_load_p95_s'), '.2f')} ({fmt(r.get('page_load_max_s'), '.2f')}) s" if r.get("page_loads") else "–"
     refreshes = f"{r['refreshes']} ({r['fewest_updates']})" if "fewest_updates" in r else str(r.get("refreshes", "–"))
-    return [name, str(r.get("sessions", "")), fmt(r.get("refresh_s"), "g", " s"), refreshes, lat, fmt(r.get("longest_gap_s"), ".1f", " s"), cpu,
+    every = fmt(r.get("refresh_s"), "g", " s")
+    if len(r.get("refresh_seen_s") or []) > 1:  # the server stretched (or shrank) the interval meanwhile
+        every += " (" + ", ".join(f"{x:g}" for x in r["refresh_seen_s"]) + " s)"
+    return [name, str(r.get("sessions", "")), every, refreshes, lat, fmt(r.get("longest_gap_s"), ".1f", " s"), cpu,
             fmt(r.get("cpu_ms_per_refresh"), ".1f"),
             f"{fmt(r.get('rss_before_mb', r.get('rss_mb')))} / {fmt(r.get('rss_mb'))} ({fmt(r.get('rss_max_mb', r.get('rss_mb')))})",
             r.get("runs", "–"), steps, load, str(r.get("errors", 0))]

@@ -255,7 +255,8 @@ class FakeProcess:
 
 def governor(budget=0.5, **kw):
     p = FakeProcess()
-    return p, live.RefreshGovernor(budget, window=5.0, hold=15.0, clock=lambda: p.now, cpu=lambda: p.used, **kw)
+    return p, live.RefreshGovernor(budget, window=5.0, hold=15.0, hold_down=60.0, clock=lambda: p.now,
+                                   cpu=lambda: p.used, **kw)
 
 
 def load(p, g, cores, seconds, every=1.0):
@@ -275,16 +276,24 @@ def test_an_idle_server_keeps_the_chosen_interval():
     assert g.busy == pytest.approx(0.1)
 
 
-def test_a_busy_server_stretches_the_interval_until_it_fits_its_budget_and_holds_each_step():
-    """1.2 cores of refreshes at 1 s against a budget of 0.5: x2 (0.6, still over), then x3 (0.4),
-    and there it stays; each step held at least 15 s."""
+def test_a_busy_server_stretches_the_interval_in_one_step_to_fit_its_budget():
+    """1.2 cores of refreshes at 1 s against a budget of 0.5: straight to x3 (0.4 cores; x2 would
+    still be 0.6), within the first windows, and there it stays."""
     p, g = governor()
     factors = load(p, g, 1.2, 200)
     assert factors[:5] == [1] * 5 and factors[-1] == 3 and max(factors) == 3
     steps = [i for i in range(1, len(factors)) if factors[i] != factors[i - 1]]
-    assert [factors[i] for i in steps] == [2, 3]
-    assert all(b - a >= 15 for a, b in zip(steps, steps[1:]))
+    assert [factors[i] for i in steps] == [3] and steps[0] < 30
     assert g.busy == pytest.approx(0.4)
+
+
+def test_a_load_that_grows_stretches_the_interval_again_after_the_hold():
+    """The class grows while the interval is x2: the next step comes once the first has held."""
+    p, g = governor()
+    load(p, g, 0.8, 60)  # 0.8 / 0.45 -> x2 (0.4 cores)
+    assert g.factor() == 2
+    factors = load(p, g, 2.0, 60)  # now 1.0 cores at x2 -> 2.0 * 1 / 0.45 -> x5
+    assert factors[-1] == 5 and set(factors) == {2, 5}
 
 
 def test_the_interval_comes_back_once_the_class_leaves():
@@ -293,13 +302,23 @@ def test_the_interval_comes_back_once_the_class_leaves():
     assert g.factor() == 3
     factors = load(p, g, 0.05, 200)
     assert factors[-1] == 1 and sorted(set(factors), reverse=True) == [3, 2, 1]
+    steps = [i for i in range(1, len(factors)) if factors[i] != factors[i - 1]]
+    assert steps[0] >= 40 and steps[1] - steps[0] >= 60  # a step down waits a minute after the last step
+
+
+def test_a_short_pause_of_the_class_does_not_shrink_the_interval():
+    """The class stops watching for 30 s and comes back: the interval stays stretched."""
+    p, g = governor()
+    load(p, g, 1.2, 200)
+    assert set(load(p, g, 0.0, 30)) == {3}
+    assert set(load(p, g, 1.2, 60)) == {3}
 
 
 def test_a_load_just_under_the_budget_does_not_flap():
-    """At x2 the load is 0.45 (budget 0.5); x1 would be 0.9, over 70 % of the budget: it stays."""
+    """At x2 the load is 0.425 (budget 0.5); x1 would be 0.85, over 70 % of the budget: it stays."""
     p, g = governor()
-    factors = load(p, g, 0.9, 300)
-    assert factors[-150:] == [2] * 150
+    factors = load(p, g, 0.85, 300)
+    assert factors[-250:] == [2] * 250
 
 
 def test_the_interval_stretches_at_most_ten_fold():
