@@ -267,7 +267,7 @@ class Store:
         self._closed = False
         self._pid = os.getpid()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
-        self._shm_writable = False  # the -shm file could be written when the file was opened
+        self._writable: tuple[str, ...] = ()  # of -shm, -wal and the file: those writable when opened
         self._open()
 
     # -- connection ---------------------------------------------------------------------
@@ -311,7 +311,7 @@ class Store:
             except OSError:
                 return
             self._identity = (info.st_dev, info.st_ino)
-            self._shm_writable = os.access(file + "-shm", os.W_OK)
+            self._writable = tuple(file + s for s in ("-shm", "-wal", "") if os.access(file + s, os.W_OK))
 
     def file_problem(self) -> str | None:
         """Why this Store must not touch its file any more, as one sentence; None when all is well
@@ -323,7 +323,8 @@ class Store:
         """The path no longer names the file that was opened (deleted, or replaced by another
         file: StoreReplaced), or the -shm file that could be written when it was opened cannot be
         written now (made read-only or immutable: SQLite would die of SIGBUS writing through its
-        memory map); None when neither."""
+        memory map), nor the -wal file or the file itself (`chattr -R +i` reaches them one at a
+        time: the failure can come before the -shm file's turn); None when neither."""
         if self._identity is None:
             return None
         try:
@@ -339,10 +340,10 @@ class Store:
                 "so runs can be neither shown nor recorded here; restart the lab (every asymviz process) "
                 "so that it opens the file now at that path (a deleted file cannot be recovered: restore "
                 "a backup with the lab stopped).")
-        shm = self._file + "-shm"
-        if self._shm_writable and not os.access(shm, os.W_OK) and os.path.lexists(shm):
-            return StoreError(f"The run store at {self.path} cannot be used: its file {shm} became "
-                              f"read-only or immutable while it was open; {store_advice(self._file)}.")
+        for path in self._writable:
+            if not os.access(path, os.W_OK) and os.path.lexists(path):
+                return StoreError(f"The run store at {self.path} cannot be used: its file {path} became "
+                                  f"read-only or immutable while it was open; {store_advice(self._file)}.")
         return None
 
     def _migrate(self) -> None:
