@@ -541,17 +541,26 @@ class RefreshGovernor:
     seconds (all its threads: the refreshes, page loads, the WebSocket traffic). Above `budget`
     cores it goes straight to the first of LOAD_FACTORS that would bring the load under 90 % of
     the budget (the load scales with 1 / interval; every step makes each open view restart once,
-    so one step is cheaper than several); when the load at the next lower factor (the
-    present load scaled by the ratio of the intervals) would stay under 70 % of the budget, it
-    steps back once that has held for `hold_down` seconds (a class that pauses for a moment and
-    watches again should not make every view restart twice). A step holds at least `hold`
-    seconds, and the window after a step is not judged (every view then
-    restarts once with its new timer). Thread-safe; one per server process.
+    so one step is cheaper than several). Once a lower factor would keep the load (the present
+    load scaled by the ratio of the intervals) under 70 % of the budget, and that has held for
+    `hold_down` seconds (a class that pauses for a moment and watches again should not make
+    every view restart twice), it goes straight to the lowest such factor. A step holds at least
+    `hold` seconds.
+
+    A view takes a new interval by running its page once more, and a page run costs far more
+    than a refresh: `may_restart()` lets at most `restarts_per_s` views a second do so (with a
+    burst of `restart_burst`), so a step or a run that ends under a class of 60 spreads their
+    page runs over half a minute instead of making them queue in front of the pages being
+    opened. Windows in which views restarted after a step are not judged (their page runs are
+    the step's cost, not the load it is meant to bring down), for at most `hold_down` seconds.
+    Thread-safe; one per server process.
     """
 
     def __init__(self, budget: float, window: float = 5.0, hold: float = 15.0, hold_down: float = 60.0,
+                 restarts_per_s: float = 2.0, restart_burst: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.process_time):
         self.budget, self.window, self.hold, self.hold_down = budget, window, hold, hold_down
+        self.restarts_per_s, self.restart_burst = restarts_per_s, restart_burst
         self._clock, self._cpu = clock, cpu
         self._lock = threading.Lock()
         self._level = 0
@@ -559,7 +568,26 @@ class RefreshGovernor:
         self._cpu0 = cpu()
         self._skip = False
         self._low_since: float | None = None  # since when the load would fit one step lower
+        self._tokens, self._filled = restart_burst, self._since
+        self._restarted: float | None = None  # when a view was last let restart
+        self._stepped: float | None = None  # when the factor last changed
         self.busy: float | None = None  # cores used in the last window
+        self.restarts = 0  # views let restart, in all
+
+    def may_restart(self) -> bool:
+        """Whether a live view may run its page again now to take a new interval (or to stop its
+        timer once its run has ended); if not, it keeps its timer and asks again on its next
+        refresh."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.restart_burst, self._tokens + (now - self._filled) * self.restarts_per_s)
+            self._filled = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            self._restarted = now
+            self.restarts += 1
+            return True
 
     def factor(self) -> int:
         now = self._clock()
@@ -569,24 +597,30 @@ class RefreshGovernor:
             if now - self._start >= self.window:
                 cpu = self._cpu()
                 busy = (cpu - self._cpu0) / (now - self._start)
+                restarting = (self._stepped is not None and now - self._stepped < self.hold_down
+                              and self._restarted is not None and self._restarted >= self._start)
                 self._start, self._cpu0 = now, cpu
-                if self._skip:
+                if self._skip or restarting:
                     self._skip = False
                 else:
                     self.busy = busy
                     self._judge(busy, now)
             return LOAD_FACTORS[self._level]
 
+    def _fits(self, busy: float, level: int) -> list[int]:
+        """The levels below `level` at which the present load would stay under 70 % of the budget."""
+        return [i for i in range(level) if busy * LOAD_FACTORS[level] / LOAD_FACTORS[i] < 0.7 * self.budget]
+
     def _judge(self, busy: float, now: float) -> None:
         level = self._level
-        low = level > 0 and busy * LOAD_FACTORS[level] / LOAD_FACTORS[level - 1] < 0.7 * self.budget
-        self._low_since = (self._low_since or now - self.window) if low else None
+        fits = self._fits(busy, level)
+        self._low_since = (self._low_since or now - self.window) if fits else None
         if now - self._since < self.hold:
             return
         if busy > self.budget and level < len(LOAD_FACTORS) - 1:
             needed = LOAD_FACTORS[level] * busy / (0.9 * self.budget)
             level = next((i for i, f in enumerate(LOAD_FACTORS) if f >= needed), len(LOAD_FACTORS) - 1)
-        elif low and now - self._low_since >= self.hold_down:
-            level -= 1
+        elif fits and now - self._low_since >= self.hold_down:
+            level = fits[0]
         if level != self._level:
-            self._level, self._since, self._skip, self._low_since = level, now, True, None
+            self._level, self._since, self._stepped, self._skip, self._low_since = level, now, now, True, None

@@ -153,7 +153,8 @@ every = r1.number_input("Students' live views refresh every (seconds)", lo, hi, 
                         value=min(max(float(ui_common.chosen_refresh()), lo), hi))
 if r2.button("Apply to everyone", key="instructor_refresh_apply", use_container_width=True):
     ui_common.set_lab_refresh(float(every))
-    st.success(f"Live views now refresh every {every:g} s; open pages follow within a few seconds.")
+    st.success(f"Live views now refresh every {every:g} s; open pages follow within a few seconds "
+               "(two pages a second take their new timer: a class of 60 within half a minute).")
 governor = ui_common.refresh_governor()
 st.caption("Every browser watching a run costs the server a little CPU at each refresh (README, \"How big a "
            "machine\"): for a large class, refreshing less often leaves more of it to training. "
