@@ -259,6 +259,7 @@ class Session:
         self.widgets: dict = {}  # widget id -> WidgetState this tab sends (a clicked view)
         self.cache: dict[str, list] = {}  # message hash -> [run count when last used, fragment id]
         self.runs = 0
+        self.started_since_rerun = False  # a run started since this session last asked for one
         self.max_age = 2
         self.timers: dict[str, tuple[asyncio.Task, float]] = {}  # fragment id -> (its timer, interval)
         self.waiting: list[float] = []  # send times of reruns not yet started
@@ -305,6 +306,7 @@ class Session:
     async def send_rerun(self, fragment_id: str = "", auto: bool = False) -> None:
         self.waiting.append(time.monotonic())
         self.reruns_sent += 1
+        self.started_since_rerun = False
         await self.ws.send(self._rerun(fragment_id, auto))
 
     async def _timer(self, fragment_id: str, interval: float) -> None:
@@ -343,6 +345,7 @@ class Session:
         self.last_kind = f"{kind} at {now - getattr(self, 'started', now):.1f} s"
         served = self.served.see(msg, now)
         if kind == "new_session":  # a run starts: it serves every rerun asked for so far
+            self.started_since_rerun = True
             early, self.early = self.early, None
             if served == "served":  # the fragment run before it, relabeled early, was served
                 self._refreshed(*early)
@@ -429,12 +432,15 @@ class Session:
         if served is not None or status == ForwardMsg.FINISHED_SUCCESSFULLY:
             self.serving = []
         # a page run's FINISHED_EARLY_FOR_RERUN: the next run serves the same requests
-        self.runs += 1  # the browser's message cache ages entries by script runs
-        for h, (used, fragment) in list(self.cache.items()):
-            if fragments and fragment not in fragments:
-                continue
-            if self.runs - used > self.max_age:
-                del self.cache[h]
+        if status != ForwardMsg.FINISHED_EARLY_FOR_RERUN and self.started_since_rerun:
+            # The browser's message cache ages entries by script runs, but not while a rerun it
+            # asked for, with the hashes it then held, has not started (App.handleScriptFinished).
+            self.runs += 1
+            for h, (used, fragment) in list(self.cache.items()):
+                if fragments and fragment not in fragments:
+                    continue
+                if self.runs - used > self.max_age:
+                    del self.cache[h]
         if getattr(self, "click", None) is not None and status != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
             fid, self.click = self.click, None  # the tab's click reruns the view's fragment
             asyncio.get_running_loop().create_task(self.send_rerun(fid))

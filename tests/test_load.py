@@ -161,3 +161,20 @@ def test_timers_tick_as_the_browser_s_even_while_a_run_is_under_way():
 
     ticks = asyncio.run(scenario())
     assert ticks >= 3  # about 6 ticks of 0.05 s, all sent though the run never finished
+
+
+def test_the_message_cache_does_not_age_while_a_rerun_asked_for_has_not_started():
+    """As the browser (App.handleScriptFinished): entries age by finished runs, except runs that
+    finish between a rerun request, sent with the hashes the session then held, and the start of
+    the run serving it; else the server may answer with a reference to a message aged out."""
+    lt = _load_test_module()
+    session = lt.Session("http://127.0.0.1:9", "Train", "run=1")
+    session.started, session.max_age = 0.0, 0
+    session.handle(_run(())[0])  # a page run starts
+    session.cache["h"] = [session.runs, ""]
+    session.started_since_rerun = False  # as send_rerun leaves it
+    session.handle(_run((), "FINISHED_SUCCESSFULLY")[-1])  # the page run ends before the rerun starts
+    assert "h" in session.cache and session.runs == 0
+    for data in _run((), "FINISHED_SUCCESSFULLY"):  # the rerun's run starts and ends: now it ages
+        session.handle(data)
+    assert "h" not in session.cache and session.runs == 1
