@@ -10,14 +10,17 @@ sessions that speak Streamlit's own WebSocket protocol (the BackMsg / ForwardMsg
 shipped in `streamlit.proto`) the way the browser does: open `/_stcore/stream`, ask for a page
 run with the page's name and query string (`Train?run=N`), then send a fragment rerun
 (`rerun_script` with the fragment id, `is_auto_rerun`) every time the `auto_rerun` timer the
-server asked for fires, echoing the message hashes the browser would hold in its cache. A
-refresh's latency runs from its rerun request to the last delta of the run that served it.
+server asked for fires (on every tick, as Streamlit 1.67's browser does), echoing the message
+hashes the browser would hold in its cache. A refresh is a fragment run the session was served
+(ServedRuns: a finished run the server relabeled "early for rerun" counts too); its latency runs
+from its rerun request to the last delta of the run that served it.
 
 Scenarios (each prints one row):
   views   one session on a live digits run for each detail view (curves with the timing view,
           gradient masks) and on a live moons run (decision boundary); with Chromium available,
-          one real tab on the curves too: a simulated session must cost the server the same CPU
-          per refresh as a real one; last, one session on the digits run once it has ended.
+          a real tab on the curves too, in --view-repeats windows each after a simulated
+          session's: a simulated session must cost the server the same CPU per refresh and per
+          second as a real one; last, one session on the digits run once it has ended.
   own     every session watches its own run, all submitted at once and sized so the queue
           drains within the window: most sessions first watch a queued run, then a running one,
           then an ended one; measured from the first session joining (the class joins over 10 s).
@@ -31,7 +34,7 @@ Under `own`, `same` and `lecture`, a probe loads Home or Train in a fresh sessio
 page's HTML, then the session's first run to its last delta).
 
 Columns: sessions; the refresh interval the server gave most sessions last (the lab's, which the
-instructor sets); refreshes served (fragment reruns that finished) and
+instructor sets); refreshes served (fragment runs that finished) and
 the fewest updates (page runs and refreshes) one session got; refresh latency p50 / p95 / max;
 the longest a watching session went without an update; the Streamlit server's CPU time (from
 /proc, all its threads) per session-second and per refresh, less its CPU with no session open;
@@ -203,9 +206,52 @@ class Lab:
 # ----------------------------------------------------------------------------- a session
 
 
+class ServedRuns:
+    """The fragment runs a tab was served, told from the ForwardMsgs it receives, in order.
+
+    Streamlit never cuts a fragment run short for another fragment's rerun, but when the next run
+    starts before a finished run's messages went out, the server relabels that run's finish
+    FINISHED_EARLY_FOR_RERUN and keeps its deltas (ForwardMsgQueue.clear). A tab whose fragments'
+    timers fire together (the Train page's live view and its panel, both on the lab's interval)
+    gets about every other refresh so labeled. Such a run was served if the next run is a fragment
+    run too; a page run drops its deltas."""
+
+    def __init__(self):
+        self.times: list[float] = []  # when each served fragment run finished
+        self.fragment = False  # the current run is a fragment run
+        self.early: float | None = None  # a fragment run relabeled early: served if the next is one too
+
+    def see(self, msg, now: float) -> str | None:
+        """"served" when this message tells of a served fragment run (this one's finish, or the
+        start of the run after one relabeled early), "early" for a relabeled finish, "dropped"
+        when a page run followed one; None otherwise."""
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            early, self.early = self.early, None
+            self.fragment = bool(msg.metadata.run.fragment_ids)
+            if early is not None:
+                if self.fragment:
+                    self.times.append(early)
+                    return "served"
+                return "dropped"
+        elif kind == "script_finished" and self.fragment:
+            if msg.script_finished == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY:
+                self.times.append(now)
+                return "served"
+            if msg.script_finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                self.early = now
+                return "early"
+        return None
+
+
 class Session:
     """One browser tab, simulated: the page's first run, then fragment reruns on the timers the
-    server sets (`auto_rerun`), as the browser's App.sendRerunBackMsg sends them."""
+    server sets (`auto_rerun`), as Streamlit 1.67's browser sends them (App.handleAutoRerun: one
+    setInterval per fragment that sends a rerun on every tick, whether or not a run is under way;
+    a page run clears them). Unlike the browser it sends no widget states but the view it clicked:
+    the 29 the browser sends with each rerun on the Train page cost the server no measurable CPU."""
 
     def __init__(self, url: str, page: str, query: str = "", view: str | None = None):
         self.url, self.page, self.query, self.view = url, page, query, view
@@ -213,14 +259,18 @@ class Session:
         self.widgets: dict = {}  # widget id -> WidgetState this tab sends (a clicked view)
         self.cache: dict[str, list] = {}  # message hash -> [run count when last used, fragment id]
         self.runs = 0
+        self.started_since_rerun = False  # a run started since this session last asked for one
         self.max_age = 2
-        self.timers: dict[str, asyncio.Task] = {}
+        self.timers: dict[str, tuple[asyncio.Task, float]] = {}  # fragment id -> (its timer, interval)
         self.waiting: list[float] = []  # send times of reruns not yet started
         self.serving: list[float] = []  # ... of reruns the current run serves
         self.last_delta: float | None = None
         self.latencies: list[float] = []
         self.updates: list[float] = []  # when each run (fragment or full) finished
         self.refreshes = 0
+        self.reruns_sent = 0
+        self.served = ServedRuns()
+        self.early: tuple[float, list[float]] | None = None  # (end, requests) of a run relabeled early
         self.full_runs = 0
         self.errors: list[str] = []
         self.first_run_s: float | None = None
@@ -230,8 +280,6 @@ class Session:
         self.paused = False  # a measuring device: the tab stays open but asks for nothing
         self.interval: float | None = None  # the refresh interval the server set last
         self.last_kind: str | None = None  # the last message's type (for a session that stops getting any)
-        self.script_running = False  # the server said a run of this session is under way
-        self.pending_rerun = False  # a rerun this session asked for (not a timer's) has not started yet
         self.intervals: set[float] = set()  # every interval the server set (it stretches them when busy)
         self.charts: set[str] = set()  # the keys of the charts this tab was sent
 
@@ -256,17 +304,15 @@ class Session:
         return msg.SerializeToString()
 
     async def send_rerun(self, fragment_id: str = "", auto: bool = False) -> None:
-        self.pending_rerun = self.pending_rerun or not auto
         self.waiting.append(time.monotonic())
+        self.reruns_sent += 1
+        self.started_since_rerun = False
         await self.ws.send(self._rerun(fragment_id, auto))
 
     async def _timer(self, fragment_id: str, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            # As the browser does (App.handleAutoRerunTick): no timer's rerun while a run is under
-            # way or one it asked for has not started, so a stale fragment rerun cannot displace
-            # the page run that would set the fragment's timer again.
-            if not (self.paused or self.script_running or self.pending_rerun):
+            if not self.paused:  # as the browser: a rerun on every tick, the server queues it
                 await self.send_rerun(fragment_id, auto=True)
 
     async def open(self) -> None:
@@ -297,12 +343,18 @@ class Session:
         msg = ForwardMsg.FromString(data)
         kind = msg.WhichOneof("type")
         self.last_kind = f"{kind} at {now - getattr(self, 'started', now):.1f} s"
+        served = self.served.see(msg, now)
         if kind == "new_session":  # a run starts: it serves every rerun asked for so far
-            self.pending_rerun, self.script_running = False, True
+            self.started_since_rerun = True
+            early, self.early = self.early, None
+            if served == "served":  # the fragment run before it, relabeled early, was served
+                self._refreshed(*early)
+            elif served == "dropped":  # ... was not: this page run serves its requests
+                self.serving = early[1] + self.serving
             self.serving, self.waiting, self.last_delta = self.serving + self.waiting, [], None
             if not msg.metadata.run.fragment_ids:  # a page run: as the browser, drop the fragments'
                 self.max_age = msg.new_session.config.max_cached_message_age or self.max_age
-                for task in self.timers.values():  # timers; the run sets those it still has
+                for task, _ in self.timers.values():  # timers; the run sets those it still has
                     task.cancel()
                 self.timers.clear()
         elif kind == "navigation":  # the page this session is on (the browser reruns it by this hash)
@@ -320,25 +372,24 @@ class Session:
             self._inspect(msg.delta)
         elif kind == "auto_rerun":
             fid, interval = msg.auto_rerun.fragment_id, msg.auto_rerun.interval
-            old = self.timers.pop(fid, None)
-            if old is not None:
-                old.cancel()
-            self.timers[fid] = asyncio.get_running_loop().create_task(self._timer(fid, interval))
+            old = self.timers.get(fid)
+            if old is None or old[1] != interval:  # as the browser: the same interval keeps its timer
+                if old is not None:
+                    old[0].cancel()
+                self.timers[fid] = (asyncio.get_running_loop().create_task(self._timer(fid, interval)), interval)
             self.interval = interval
             self.intervals.add(interval)
         elif kind == "stop_auto_rerun":
             for fid in msg.stop_auto_rerun.fragment_ids:
-                task = self.timers.pop(fid, None)
-                if task is not None:
-                    task.cancel()
+                timer = self.timers.pop(fid, None)
+                if timer is not None:
+                    timer[0].cancel()
         elif kind == "page_info_changed":
             self.query = msg.page_info_changed.query_string
-        elif kind == "session_status_changed":
-            self.script_running = msg.session_status_changed.script_is_running
         elif kind == "session_event" and msg.session_event.WhichOneof("type") == "script_compilation_exception":
             self.errors.append("script compilation error: " + msg.session_event.script_compilation_exception.message)
         elif kind == "script_finished":
-            self._finished(msg, now)
+            self._finished(msg, now, served)
 
     def _inspect(self, delta) -> None:
         if delta.WhichOneof("type") != "new_element":
@@ -360,39 +411,49 @@ class Session:
                     id=el.button_group.id, string_array_value=StringArray(data=[self.view]))
                 self.click = delta.fragment_id
 
-    def _finished(self, msg, now: float) -> None:
+    def _finished(self, msg, now: float, served: str | None) -> None:
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
         fragments = list(msg.metadata.run.fragment_ids)
         status = msg.script_finished
-        if status in (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY):
-            end = self.last_delta or now
-            self.updates.append(now)
-            if status == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY:
-                self.refreshes += 1
-                self.latencies += [end - t for t in self.serving]
-            else:
-                self.full_runs += 1
-                if self.first_run_s is None:
-                    self.first_run_s = end - self.started
-                    self.first_run.set()
-            self.serving = []
+        end = self.last_delta or now
+        if served == "served":
+            self._refreshed(end, self.serving)
+        elif served == "early":  # served if the next run is a fragment run too (ServedRuns)
+            self.early = (end, self.serving)
+        elif status == ForwardMsg.FINISHED_SUCCESSFULLY:
+            self.updates.append(end)
+            self.full_runs += 1
+            if self.first_run_s is None:
+                self.first_run_s = end - self.started
+                self.first_run.set()
         elif status == ForwardMsg.FINISHED_WITH_COMPILE_ERROR:
             self.errors.append("the page failed to run")
-        # FINISHED_EARLY_FOR_RERUN: the next run serves the same requests
-        self.runs += 1  # the browser's message cache ages entries by script runs
-        for h, (used, fragment) in list(self.cache.items()):
-            if fragments and fragment not in fragments:
-                continue
-            if self.runs - used > self.max_age:
-                del self.cache[h]
+        if served is not None or status == ForwardMsg.FINISHED_SUCCESSFULLY:
+            self.serving = []
+        # a page run's FINISHED_EARLY_FOR_RERUN: the next run serves the same requests
+        if status != ForwardMsg.FINISHED_EARLY_FOR_RERUN and self.started_since_rerun:
+            # The browser's message cache ages entries by script runs, but not while a rerun it
+            # asked for, with the hashes it then held, has not started (App.handleScriptFinished).
+            self.runs += 1
+            for h, (used, fragment) in list(self.cache.items()):
+                if fragments and fragment not in fragments:
+                    continue
+                if self.runs - used > self.max_age:
+                    del self.cache[h]
         if getattr(self, "click", None) is not None and status != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
             fid, self.click = self.click, None  # the tab's click reruns the view's fragment
             asyncio.get_running_loop().create_task(self.send_rerun(fid))
 
+    def _refreshed(self, end: float, requests: list[float]) -> None:
+        """A fragment run that ended at `end` served these rerun requests (their send times)."""
+        self.updates.append(end)
+        self.refreshes += 1
+        self.latencies += [end - t for t in requests]
+
     async def close(self) -> None:
         self.closed = True
-        for task in self.timers.values():
+        for task, _ in self.timers.values():
             task.cancel()
         if self.ws is not None:
             await self.ws.close()
@@ -495,7 +556,7 @@ async def watch(lab: Lab, specs, seconds: float, run_ids, idle_rate: float, prob
             pass
         await asyncio.sleep(3)
         for s in sessions:
-            s.latencies, s.refreshes, s.updates = [], 0, []
+            s.latencies, s.refreshes, s.updates, s.reruns_sent = [], 0, [], 0
         meter.start()
     deadline = meter.t0 + seconds
     probes: list[tuple[str, asyncio.Task]] = []
@@ -536,7 +597,7 @@ def summarize(sessions: list[Session], m: dict, idle_rate: float, t0: float) -> 
     errors = [e for s in sessions for e in s.errors]
     gaps = [max(b - a for a, b in zip([t0, *s.updates], [*s.updates, t0 + m["seconds"]])) for s in sessions]
     intervals = Counter(s.interval for s in sessions if s.interval)
-    return {"sessions": len(sessions), "refreshes": refreshes,
+    return {"sessions": len(sessions), "refreshes": refreshes, "reruns_sent": sum(s.reruns_sent for s in sessions),
             "refresh_s": intervals.most_common(1)[0][0] if intervals else None,
             "refresh_seen_s": sorted(set().union(*(s.intervals for s in sessions))),
             "fewest_updates": min((len(s.updates) for s in sessions), default=0),
@@ -563,41 +624,48 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 async def chromium_tab(lab: Lab, query: str, seconds: float, idle_rate: float) -> dict | None:
-    """One real Chromium tab on the Train page for `seconds`: its fragment reruns counted from
-    the websocket frames it receives, and the server's CPU over the same window."""
+    """One real Chromium tab on the Train page for `seconds`: its refreshes counted from the
+    websocket frames it receives (ServedRuns), the reruns it sent, and the server's CPU over the
+    same window; None without Chromium or Playwright."""
     if not os.path.exists(CHROMIUM):
         return None
     try:
         from playwright.async_api import async_playwright
     except ImportError:
         return None
+    from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-    done: list[float] = []
+    served, sent = ServedRuns(), []
 
-    def frame(payload):
+    def received(payload):
         if isinstance(payload, (bytes, bytearray)):
-            msg = ForwardMsg.FromString(bytes(payload))
-            if msg.WhichOneof("type") == "script_finished" and \
-                    msg.script_finished == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY:
-                done.append(time.monotonic())
+            served.see(ForwardMsg.FromString(bytes(payload)), time.monotonic())
+
+    def sending(payload):
+        if isinstance(payload, (bytes, bytearray)) and BackMsg.FromString(bytes(payload)).WhichOneof("type") == "rerun_script":
+            sent.append(time.monotonic())
+
+    def websocket(ws):
+        ws.on("framereceived", received)
+        ws.on("framesent", sending)
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = await browser.new_page(viewport={"width": 1500, "height": 1600})
-        page.on("websocket", lambda ws: ws.on("framereceived", frame))
+        page.on("websocket", websocket)
         await page.goto(f"{lab.url}/Train?{query}", timeout=180_000)
         await page.get_by_text("Running:").wait_for(timeout=180_000)
         await asyncio.sleep(3)  # let the first refreshes pass
         meter = Meter(lab)
-        n0 = len(done)
+        n0, sent0 = len(served.times), len(sent)
         meter.start()
         await asyncio.sleep(seconds)
         m = meter.stop()
-        n = len(done) - n0
+        n, reruns = len(served.times) - n0, len(sent) - sent0
         await browser.close()
     cpu = m["cpu_s"] - idle_rate * m["seconds"]
-    return {"sessions": 1, "refreshes": n, "cpu_ms_per_session_s": 1000 * cpu / m["seconds"],
+    return {"sessions": 1, "refreshes": n, "reruns_sent": reruns, "cpu_ms_per_session_s": 1000 * cpu / m["seconds"],
             "cpu_ms_per_refresh": 1000 * cpu / n if n else None, "rss_mb": m["rss_mb"], "rss_max_mb": m["rss_max_mb"],
             "server_cores": m["cpu_s"] / m["seconds"], "errors": 0, "seconds": m["seconds"]}
 
@@ -623,17 +691,38 @@ async def scenario_views(lab: Lab, args, per_worker: float, idle: float, rows: l
         row.pop("steps_per_s")
         rows.append((f"1 session, {name} view", row))
         if name == "curves" and not args.no_browser:
-            tab = await chromium_tab(lab, f"run={digits}", t, idle)
+            tab = await against_chromium(lab, run_id, row, t, idle, args.view_repeats)
             if tab is not None:
-                if row.get("cpu_ms_per_refresh") and tab.get("cpu_ms_per_refresh"):
-                    tab["vs_simulated_pct"] = 100 * tab["cpu_ms_per_refresh"] / row["cpu_ms_per_refresh"]
-                rows.append(("1 Chromium tab, curves view", tab))
+                rows.append((f"1 Chromium tab, curves view (mean of {args.view_repeats})", tab))
     lab.stop_runs([digits, moons])
     lab.wait_ended([digits, moons], 60)
     row = await watch(lab, [("Train", f"run={digits}", None)], t, [digits], idle)  # after its page: nothing
     row.pop("steps_per_s")
     row["longest_gap_s"] = None
     rows.append(("1 session on an ended run", row))
+
+
+async def against_chromium(lab: Lab, run_id: int, first: dict, seconds: float, idle: float, repeats: int) -> dict | None:
+    """A real Chromium tab on the curves in `repeats` windows, each after a simulated session's
+    (`first` is the first of those), so the machine's drifting load (the workers, other jobs)
+    touches both alike: the row holds the tab's mean CPU, every window of both, and the mean of
+    the pairs' ratios, per refresh and per second; None without Chromium."""
+    pairs = []
+    for i in range(repeats):
+        if i:
+            first = await watch(lab, [("Train", f"run={run_id}", None)], seconds, [run_id], idle)
+        tab = await chromium_tab(lab, f"run={run_id}", seconds, idle)
+        if tab is None:
+            return None
+        pairs.append((first, tab))
+    keys = ("refreshes", "reruns_sent", "cpu_ms_per_session_s", "cpu_ms_per_refresh")
+    row = {**pairs[-1][1], **{k: round(statistics.mean(tab[k] or 0 for _, tab in pairs), 1) for k in keys}}
+    row["windows"] = [{"simulated": {k: sim.get(k) for k in keys}, "chromium": {k: tab.get(k) for k in keys}}
+                      for sim, tab in pairs]
+    for key, out in (("cpu_ms_per_refresh", "vs_simulated_pct"), ("cpu_ms_per_session_s", "vs_simulated_per_s_pct")):
+        ratios = [tab[key] / sim[key] for sim, tab in pairs if tab.get(key) and sim.get(key)]
+        row[out] = 100 * statistics.mean(ratios) if ratios else None
+    return row
 
 
 async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: list) -> None:
@@ -744,7 +833,11 @@ def notes(rows: list[tuple[str, dict]]) -> list[str]:
     for name, r in rows:
         if r.get("vs_simulated_pct"):
             out.append(f"{name}: {r['cpu_ms_per_refresh']:.1f} ms of server CPU per refresh, "
-                       f"{r['vs_simulated_pct']:.0f} % of a simulated session's.")
+                       f"{r['vs_simulated_pct']:.0f} % of a simulated session's, and "
+                       f"{fmt(r.get('vs_simulated_per_s_pct'))} % per second (means of the windows taken in turns; "
+                       "per refresh, simulated / Chromium: " + ", ".join(
+                           f"{fmt(w['simulated']['cpu_ms_per_refresh'], '.1f')} / {fmt(w['chromium']['cpu_ms_per_refresh'], '.1f')}"
+                           for w in r["windows"]) + " ms).")
         if r.get("client_cores") and r.get("sessions", 0) > 1:
             out.append(f"{name}: this harness used {100 * r['client_cores']:.0f} % of a core, the server "
                        f"{100 * r['server_cores']:.0f} %.")
@@ -796,6 +889,9 @@ def main() -> None:
     parser.add_argument("--view-seconds", type=float, default=20.0, help="seconds per view in the views scenario")
     parser.add_argument("--baseline-seconds", type=float, default=10.0,
                         help="seconds of throughput and server CPU measured with no session open (default 10)")
+    parser.add_argument("--view-repeats", type=int, default=3,
+                        help="in the views scenario, windows of a real Chromium tab on the curves, each after a "
+                             "simulated session's (1 to 10; default 3)")
     parser.add_argument("--no-browser", action="store_true", help="no Chromium tab in the views scenario")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list on the last line")
     args = parser.parse_args()
@@ -807,6 +903,8 @@ def main() -> None:
         problems.append(f"--seconds must be from 5 to 900, got {args.seconds:g}")
     if not 2 <= args.view_seconds <= 300 or not 2 <= args.baseline_seconds <= 300:
         problems.append("--view-seconds and --baseline-seconds must be from 2 to 300")
+    if not 1 <= args.view_repeats <= 10:
+        problems.append(f"--view-repeats must be from 1 to 10, got {args.view_repeats}")
     if not 1 <= args.workers <= 16:
         problems.append(f"--workers must be from 1 to 16, got {args.workers}")
     unknown = set(args.scenarios) - set(SCENARIOS)
