@@ -4,8 +4,9 @@ lessons, called from a few places of app.py and pages/*.py.
 - Train page: `arrive()` reads a link's lesson and flags (asymviz.lessons), `enforce()` keeps
   locked controls at the link's values and hides hidden ones, `sidebar()` offers the pace and the
   twins switch, `start()` queues the run (with its twins) at that pace, `run_panel()` shows
-  Play / Pause / Step / Reset, the exact step and the network as it learns, `twins_panel()`
-  overlays the run and its twins live.
+  Play / Pause / Step / Reset (`reset_pressed()` acts on Reset), the exact step and the network
+  as it learns, inside the live view's fragment; `twins_panel()` overlays the run and its twins
+  live.
 - Runs page: `runs_twins()` opens a group of twins. Instructor page: `instructor_lessons()`
   lists the lessons and pins one as the start page. Home: `start_page()`, `home_lessons()`,
   `try_it()`.
@@ -254,35 +255,27 @@ def _reset(run: dict, group: list[dict], owner: str, speed: float) -> None:
     _ss()["train_selected"] = ids[0]
 
 
-def run_panel(run: dict, owner: str, status: str | None = None) -> None:
-    """Pace controls and the network as it learns, above the Train page's live view (the
-    controls act on its live twins too). Read through the run's shared reader (asymviz.live):
-    whoever watches, the store is read once per refresh interval and each picture built once
-    per new snapshot. Refreshed as the live view is, for the run's `status` (as fresh as the
-    live view's): on the lab's interval while it trains, less often while it is queued, not at
-    all once it has ended (the live view starts the page again when the status changes)."""
-    status = status or run["status"]
-    if status in pagekit.LIVE:
-        st.fragment(_panel, run_every=ui_common.refresh_for(status))(run["id"], owner)
+def reset_pressed(reset) -> None:
+    """After the panel and the live view are drawn: start the group again if Reset was pressed
+    (then the whole page reruns), or say in one sentence why not."""
+    if reset is None:
+        return
+    where, args = reset
+    try:
+        _reset(*args)
+    except AsymvizError as err:
+        ui_common.error(err, where)
     else:
-        _panel(run["id"], owner)
+        st.rerun(scope="app")
 
 
-def _panel(run_id: int, owner: str) -> None:
-    with ui_common.live_slot():  # as the live view: a few sessions at a time
-        reset = _draw_panel(run_id, owner)
-    if reset is not None:  # outside the slot: it waits for the runs to stop
-        where, args = reset
-        try:
-            _reset(*args)
-        except AsymvizError as err:
-            ui_common.error(err, where)
-        else:
-            st.rerun(scope="app")
-
-
-def _draw_panel(run_id: int, owner: str):
-    """Draw the panel; (where to say why, Reset's arguments) when Reset was pressed, else None."""
+def run_panel(run_id: int, owner: str):
+    """Draw the pace controls and the network as it learns, above the Train page's live view (the
+    controls act on its live twins too), read through the run's shared reader (asymviz.live):
+    whoever watches, the store is read once per refresh interval and each picture built once
+    per new snapshot. Drawn inside the live view's fragment (pages/1_Train.py), so one timer and
+    one run per refresh serve both. Returns what Reset needs when it was pressed (for
+    `reset_pressed`, outside the live slot), else None."""
     ss, store = _ss(), ui_common.store()
     watch = ui_common.live_run(run_id)
     try:

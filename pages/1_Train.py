@@ -438,13 +438,17 @@ if run is None:
     st.stop()
 
 
-def live_view(run_id: int, shown: str | None = None, lab: float | None = None) -> None:
-    """Everything about one run, from its LiveRun (asymviz.live): shared by every session that
-    watches the run, read from the store at most twice per refresh interval, each figure built
-    once per new data. As a fragment (run_every) while the run is live, started for the status
-    `shown` and the lab's refresh `lab` of that moment."""
+def live_view(run_id: int, owner: str, shown: str | None = None, lab: float | None = None) -> None:
+    """The lecture panel (pace controls, the network as it learns) and everything about one run,
+    from its LiveRun (asymviz.live): shared by every session that watches the run, read from the
+    store at most twice per refresh interval, each figure built once per new data. As one
+    fragment (run_every) while the run is live, started for the status `shown` and the lab's
+    refresh `lab` of that moment: one timer, so each refresh is one run of the page's fragment
+    (two fragments on the same interval would cost two runs, their start and finish messages)."""
     with ui_common.live_slot():  # a few sessions at a time (see there)
-        draw_run(run_id, shown, lab)
+        reset = ui_lecture.run_panel(run_id, owner)  # Play / Pause / Step / Reset, the network
+        draw_run(run_id, None if reset else shown, lab)  # no page rerun that would drop the click
+    ui_lecture.reset_pressed(reset)  # outside the slot: it waits for the runs to stop
 
 
 def outdated(run: dict, shown: str, lab: float) -> bool:
@@ -551,10 +555,9 @@ with ui_common.page_run():  # a page being opened: its live parts go before othe
         status = ui_common.live_run(run["id"]).refresh(store, max_age=0).run["status"]  # as fresh as `run`
     except Exception:  # deleted meanwhile, or the store failed: the view says which
         status = run["status"]
-    ui_lecture.run_panel(run, owner, status)  # Play / Pause / Step / Reset and the network as it learns
     if status in pagekit.LIVE:  # refreshed on a timer until the run ends; then drawn once, no timer
         every = ui_common.refresh_for(status)
-        st.fragment(live_view, run_every=every)(run["id"], status, ui_common.refresh_seconds())
+        st.fragment(live_view, run_every=every)(run["id"], owner, status, ui_common.refresh_seconds())
     else:
-        live_view(run["id"])
+        live_view(run["id"], owner)
     ui_lecture.twins_panel(run)  # the run and its symmetric and dropout twins, overlaid

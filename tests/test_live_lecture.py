@@ -330,8 +330,8 @@ def open_train(run_id):
 
 
 @pytest.mark.parametrize("status, expected", [
-    ("running", [("_panel", 1.0), ("live_view", 1.0), ("_twins", 1.0)]),
-    ("queued", [("_panel", 3.0), ("live_view", 3.0), ("_twins", 3.0)]),  # a queued run is looked at less often
+    ("running", [("live_view", 1.0), ("_twins", 1.0)]),  # the panel is drawn in the live view's fragment
+    ("queued", [("live_view", 3.0), ("_twins", 3.0)]),  # a queued run is looked at less often
     ("stopped", []),  # ended: drawn once, no timer
 ])
 def test_the_panel_and_twins_refresh_as_the_live_view_does(home, timers, status, expected):
