@@ -226,6 +226,15 @@ def refresh_governor():
         st.stop()
 
 
+def restart_page() -> None:
+    """Run the page again, from a live view's refresh, to take a new timer (or none once its run
+    has ended) when the server's RefreshGovernor lets a view restart now (a few a second, so a
+    class whose run ends does not queue every open page's run at once); else the view keeps its
+    timer and asks again on its next refresh."""
+    if refresh_governor().may_restart():
+        st.rerun()
+
+
 def chosen_refresh() -> float:
     """How often live views refresh while the server is not busy: the interval the instructor
     set for the lab (Instructor page), else $ASYMVIZ_REFRESH_S (default 1 s, at least 0.2)."""

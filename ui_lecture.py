@@ -456,9 +456,8 @@ def _draw_twins(run_id: int, shown: str | None, lab: float | None) -> None:
         view = ui_common.live_runs().twins(ui_common.store(), run_id, _max_age())
     except Exception:
         return
-    if shown is not None and (_group_status(view.runs) != shown or ui_common.refresh_seconds() != lab) \
-            and ui_common.refresh_governor().may_restart():
-        st.rerun()  # one started or the last one ended, or the lab's refresh changed: a new timer (or none)
+    if shown is not None and (_group_status(view.runs) != shown or ui_common.refresh_seconds() != lab):
+        ui_common.restart_page()  # one started or the last one ended, or the lab's refresh changed: a new timer (or none)
     if len(view.runs) < 2:
         return
     st.subheader("Twins: the same configuration and seed, symmetric and with dropout")

@@ -468,9 +468,8 @@ def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
         ui_common.error(err)
         return
     run = view.run
-    if shown is not None and outdated(run, shown, lab) and ui_common.refresh_governor().may_restart():
-        st.rerun()  # redraw the page once, with a new timer (or none once the run has ended); a few
-        # views a second, so a class whose run ends does not queue 60 page runs at once
+    if shown is not None and outdated(run, shown, lab):
+        ui_common.restart_page()  # redraw the page once, with a new timer (or none once the run has ended)
     c = run["config"]
     preset = STRATEGIES.get(c["strategy"])
     st.progress(pagekit.progress_of(run), text=pagekit.status_line(run, time.time()))

@@ -78,8 +78,8 @@ live_ids = frozenset(r["id"] for r in runs if r["status"] in pagekit.LIVE)
 def watch_live(watched: frozenset) -> None:
     """Redraw the page when a listed run starts or ends (statuses in the table stay true)."""
     now_live = frozenset(r["id"] for r in store.list_runs(status=list(pagekit.LIVE)) if r["id"] in by_id)
-    if now_live != watched and ui_common.refresh_governor().may_restart():  # a few pages a second
-        st.rerun()
+    if now_live != watched:
+        ui_common.restart_page()
 
 
 if live_ids:
