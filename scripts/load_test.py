@@ -40,10 +40,11 @@ the longest a watching session went without an update; the Streamlit server's CP
 /proc, all its threads) per session-second and per refresh, less its CPU with no session open;
 its RSS before the sessions opened, at the end, and the most seen; runs finished of runs
 submitted (under `same`: trained through the window, then stopped by this script); training
-steps/s of all workers, and against the same workers with no session watching (under `own`: the
-same runs trained before the class arrived; under `same`: after the window, the sessions pause
-and resume their refreshes in turns of --baseline-seconds, three each, so the two are measured
-side by side); page-load p95 (and max); errors (exceptions and error messages on a page, dropped
+steps/s of all workers, and against the same workers with no session watching (under `own`: as
+many of the same runs trained before the class arrived, and a note splits it into the runs that
+started while the class was loading its pages and those that started after; under `same`: after
+the window, the sessions pause and resume their refreshes in turns of --baseline-seconds, three
+each, so the two are measured side by side); page-load p95 (and max); errors (exceptions and error messages on a page, dropped
 connections, message-cache misses, failed page loads, and tracebacks in the server's log).
 Bounded in time (each phase) and count (at most 200 sessions); it talks to 127.0.0.1 only.
 """
@@ -548,6 +549,14 @@ async def watch(lab: Lab, specs, seconds: float, run_ids, idle_rate: float, prob
     if not settled:
         meter.start()
     opening = asyncio.get_running_loop().create_task(open_sessions(lab.url, specs, spread))
+    joined: dict[str, float] = {}
+
+    async def every_page_ran() -> None:  # when the last session's first page run was over
+        opened = await opening
+        await asyncio.gather(*(s.first_run.wait() for s in opened if s.ws is not None))
+        joined["at"] = time.time()
+
+    joining = asyncio.get_running_loop().create_task(every_page_ran())
     if settled:
         sessions = await opening
         try:  # measure the watching, not the first page runs
@@ -570,6 +579,8 @@ async def watch(lab: Lab, specs, seconds: float, run_ids, idle_rate: float, prob
     sessions = await opening
     loads = [await task for _, task in probes]
     row = summarize(sessions, m, idle_rate, meter.t0)
+    joining.cancel()
+    row["joined_at"] = joined.get("at")  # unix seconds, as the store's; None: some session never ran its page
     if alternate:
         rates = {True: [], False: []}
         for watching in (False, True) * 3:
@@ -730,8 +741,8 @@ async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: lis
     within the window; throughput against the same runs trained with no session open."""
     n = args.sessions
     epochs = max(2, min(20, epochs_for("digits", 0.5 * args.seconds * args.workers / n, per_worker)))
-    alone = [lab.submit(DIGITS, epochs, "load-baseline") for _ in range(2 * args.workers)]
-    lab.wait_ended(alone, 120)
+    alone = [lab.submit(DIGITS, epochs, "load-baseline") for _ in range(n)]  # the same queue, unwatched
+    lab.wait_ended(alone, max(120.0, args.seconds))
     before = lab.span_throughput(alone)
     runs = [lab.submit(DIGITS, epochs, f"student-{i:02d}") for i in range(n)]
     specs = [("Train", f"run={r}", None) for r in runs]  # the class joins over the first 10 s, all counted
@@ -742,6 +753,12 @@ async def scenario_own(lab: Lab, args, per_worker: float, idle: float, rows: lis
     row["steps_per_s"] = lab.span_throughput(runs)
     row["steps_per_s_alone"] = before
     row["throughput_pct"] = 100 * row["steps_per_s"] / before if row["steps_per_s"] and before else None
+    if row.get("joined_at") and before:  # the runs that trained while the class was still joining, and the rest
+        starts = {i: lab.runner.store.get_run(i)["started_at"] or 0.0 for i in runs}
+        for part, ids in (("joining", [i for i in runs if starts[i] < row["joined_at"]]),
+                          ("joined", [i for i in runs if starts[i] >= row["joined_at"]])):
+            rate = lab.span_throughput(ids) if len(ids) >= args.workers else None
+            row[f"throughput_{part}"] = (len(ids), 100 * rate / before if rate else None)
     row["longest_gap_s"] = None  # sessions on queued and ended runs are meant to be quiet
     rows.append((f"{n} sessions, each on its own run ({epochs} epochs)", row))
 
@@ -841,6 +858,11 @@ def notes(rows: list[tuple[str, dict]]) -> list[str]:
         if r.get("client_cores") and r.get("sessions", 0) > 1:
             out.append(f"{name}: this harness used {100 * r['client_cores']:.0f} % of a core, the server "
                        f"{100 * r['server_cores']:.0f} %.")
+        if r.get("throughput_joining"):
+            (a, pa), (b, pb) = r["throughput_joining"], r["throughput_joined"]
+            out.append(f"{name}: training steps/s against the same {r.get('sessions')} runs with no session open: "
+                       f"{fmt(pa)} % over the {a} runs that started while the class was still loading its pages, "
+                       f"{fmt(pb)} % over the {b} that started after.")
         if "lecture run" in name:
             out.append(f"{name}: {r.get('lecture_pictures', 0)} of {r.get('sessions', 0)} sessions got the network "
                        "picture, the live boundary and the twins' charts.")

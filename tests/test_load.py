@@ -49,6 +49,11 @@ def test_ten_sessions_get_updates_and_nothing_errors():
         assert row["page_loads"] >= 5 and row["page_load_failed"] == 0
     same = next(row for name, row in rows.items() if "all on one run" in name)
     assert same["refreshes"] >= 10 * 5 and same["p95_s"] is not None  # fragment reruns, timed
+    own = next(row for name, row in rows.items() if "its own run" in name)
+    # the throughput against the same queue unwatched, split at the moment every session had its page:
+    # each run counted once, on one side
+    assert own["joined_at"] is not None and own["steps_per_s_alone"] > 0
+    assert own["throughput_joining"][0] + own["throughput_joined"][0] == 10, own
 
 
 def test_sessions_on_a_lecture_run_get_its_pictures_and_nothing_errors():
