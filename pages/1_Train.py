@@ -475,6 +475,8 @@ def draw_run(run_id: int, shown: str | None, lab: float | None) -> None:
     st.progress(pagekit.progress_of(run), text=pagekit.status_line(run, time.time()))
     if shown is not None and lab is not None and lab > ui_common.chosen_refresh():
         st.caption(f"The server is busy, so this view refreshes every {lab:g} s for now.")
+    if run["status"] == "queued" and not run.get("started_at"):  # nothing to draw yet: the line above is all
+        return
     if run["status"] == "failed":
         st.error(run.get("error") or "The run failed.")
     last_step, last_epoch = view.last_step, view.last_epoch

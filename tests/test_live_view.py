@@ -66,6 +66,19 @@ def test_a_running_run_refreshes_on_the_labs_interval(home, timers):
 def test_a_queued_run_is_looked_at_less_often(home, timers):
     at = watch(add_run(home, "queued"))
     assert timers == [3.0] and "Queued" in at.get("progress")[0].proto.text
+    # nothing trained yet: its status line only, no empty metrics or charts sent every refresh
+    assert not at.get("plotly_chart") and not at.metric
+
+
+def test_a_run_queued_again_after_training_still_shows_what_it_learned(home, timers):
+    from asymviz import pace
+
+    run_id = add_run(home, "running")
+    with Store(home / "asymviz.db") as store:
+        pace.requeue(store, run_id)  # gave its worker back (a lecture's Pause): queued, with its steps
+    at = watch(run_id)
+    assert timers == [3.0] and "Queued" in at.get("progress")[0].proto.text
+    assert len(at.get("plotly_chart")) == 4 and at.metric
 
 
 def test_an_ended_run_is_drawn_once_without_a_timer(home, timers):
