@@ -20,7 +20,8 @@ Scenarios (each prints one row):
           gradient masks) and on a live moons run (decision boundary); with Chromium available,
           a real tab on the curves too, in --view-repeats windows each after a simulated
           session's: a simulated session must cost the server the same CPU per refresh and per
-          second as a real one; last, one session on the digits run once it has ended.
+          second as a real one; then one session on a run that waits in the queue (every worker
+          busy); last, one session on the digits run once it has ended.
   own     every session watches its own run, all submitted at once and sized so the queue
           drains within the window: most sessions first watch a queued run, then a running one,
           then an ended one; measured from the first session joining (the class joins over 10 s).
@@ -705,8 +706,18 @@ async def scenario_views(lab: Lab, args, per_worker: float, idle: float, rows: l
             tab = await against_chromium(lab, run_id, row, t, idle, args.view_repeats)
             if tab is not None:
                 rows.append((f"1 Chromium tab, curves view (mean of {args.view_repeats})", tab))
-    lab.stop_runs([digits, moons])
-    lab.wait_ended([digits, moons], 60)
+    # every worker busy, so one more run waits in the queue: its view refreshes less often
+    fillers = [lab.submit(DIGITS, 100 * epochs_for("digits", t, per_worker), "load-views")
+               for _ in range(max(0, args.workers - 2))]
+    queued = lab.submit(DIGITS, 20, "load-views")
+    row = await watch(lab, [("Train", f"run={queued}", None)], t, [queued], idle)
+    row.pop("steps_per_s")
+    if lab.statuses([queued])[queued] != "queued":
+        row["errors"] += 1
+        row["error_samples"] = ["the run left the queue during the window"]
+    rows.append(("1 session on a queued run", row))
+    lab.stop_runs([digits, moons, queued, *fillers])
+    lab.wait_ended([digits, moons, queued, *fillers], 60)
     row = await watch(lab, [("Train", f"run={digits}", None)], t, [digits], idle)  # after its page: nothing
     row.pop("steps_per_s")
     row["longest_gap_s"] = None
