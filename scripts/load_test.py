@@ -45,8 +45,9 @@ steps/s of all workers, and against the same workers with no session watching (u
 many of the same runs trained before the class arrived, and a note splits it into the runs that
 started while the class was loading its pages and those that started after; under `same`: after
 the window, the sessions pause and resume their refreshes in turns of --baseline-seconds, three
-each, so the two are measured side by side); page-load p95 (and max); errors (exceptions and error messages on a page, dropped
-connections, message-cache misses, failed page loads, and tracebacks in the server's log).
+each, so the two are measured side by side); page-load p95 (and max); errors (exceptions and
+error messages on a page, dropped connections, message-cache misses, failed page loads, and
+tracebacks in the server's log).
 Bounded in time (each phase) and count (at most 200 sessions); it talks to 127.0.0.1 only.
 """
 
@@ -561,7 +562,7 @@ async def watch(lab: Lab, specs, seconds: float, run_ids, idle_rate: float, prob
     if settled:
         sessions = await opening
         try:  # measure the watching, not the first page runs
-            await asyncio.wait_for(asyncio.gather(*(s.first_run.wait() for s in sessions if s.ws is not None)), 180)
+            await asyncio.wait_for(asyncio.shield(joining), 180)
         except asyncio.TimeoutError:
             pass
         await asyncio.sleep(3)
